@@ -1,0 +1,179 @@
+//! What every RPC does around its own logic: the caller's deadline, correlation ids, upstream
+//! metadata on the answer, and one log line.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::telemetry::ms_cv::CorrelationVector;
+use crate::telemetry::trace_context::TraceContext;
+use crate::upstream::{Answer, Correlation, UpstreamIds};
+
+/// The longest safety margin taken off the caller's deadline, so that the facade answers
+/// DEADLINE_EXCEEDED itself before the caller's clock (and tonic's own timer) runs out.
+const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+/// Per-call state: correlation and the last upstream HTTP status.
+pub struct CallContext {
+    method: &'static str,
+    started: Instant,
+    budget: Option<Duration>,
+    ms_cv: Mutex<CorrelationVector>,
+    trace: TraceContext,
+    upstream_status: AtomicU16,
+}
+
+impl CallContext {
+    fn from_metadata(metadata: &MetadataMap) -> Self {
+        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        Self {
+            method: "",
+            started: Instant::now(),
+            budget: None,
+            ms_cv: Mutex::new(CorrelationVector::for_call(text("ms-cv"))),
+            trace: TraceContext::for_call(text("traceparent")),
+            upstream_status: AtomicU16::new(0),
+        }
+    }
+
+    /// Correlation headers for the next upstream attempt (MS-CV incremented).
+    pub fn next_attempt(&self) -> Correlation {
+        let ms_cv = self
+            .ms_cv
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next_attempt();
+        Correlation {
+            ms_cv,
+            traceparent: self.trace.traceparent(),
+        }
+    }
+
+    /// Records the HTTP status of an upstream answer, for the call's log line.
+    pub fn record_upstream_status(&self, status: Option<u16>) {
+        if let Some(status) = status {
+            self.upstream_status.store(status, Ordering::Relaxed);
+        }
+    }
+
+    fn upstream_status(&self) -> Option<u16> {
+        Some(self.upstream_status.load(Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+}
+
+/// Parses a `grpc-timeout` value (`<digits><unit>`, units H M S m u n).
+pub fn grpc_timeout(text: &str) -> Option<Duration> {
+    let digits = text.get(..text.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match text.as_bytes()[text.len() - 1] {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+impl CallContext {
+    /// Starts a call: reads deadline and correlation from the metadata, returns the message.
+    pub fn begin<Req>(method: &'static str, request: Request<Req>) -> (Self, Req) {
+        let mut context = Self::from_metadata(request.metadata());
+        context.method = method;
+        context.budget = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        (context, request.into_inner())
+    }
+
+    /// Runs `work` within the caller's deadline, then maps the outcome, puts the upstream ids
+    /// in the response metadata and writes the call's log line.
+    pub async fn complete<T>(
+        &self,
+        work: impl Future<Output = Result<Answer<T>, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = match self.budget {
+            Some(budget) => {
+                let margin = (budget / 10).min(MAX_DEADLINE_MARGIN);
+                tokio::time::timeout(budget - margin, work)
+                    .await
+                    .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
+            }
+            None => work.await,
+        };
+        let result = match outcome {
+            Ok(answer) => {
+                self.record_upstream_status(Some(answer.http_status));
+                let mut response = Response::new(answer.value);
+                insert_ids(response.metadata_mut(), &answer.ids);
+                Ok(response)
+            }
+            Err(error) => {
+                self.record_upstream_status(error.upstream_http_status());
+                Err(Status::from(error))
+            }
+        };
+        log_call(
+            self.method,
+            &result,
+            self.started.elapsed(),
+            self.upstream_status(),
+        );
+        result
+    }
+}
+
+fn insert_ids(metadata: &mut MetadataMap, ids: &UpstreamIds) {
+    for (name, value) in ids.iter() {
+        if let Ok(value) = MetadataValue::try_from(value.as_bytes()) {
+            metadata.insert(name, value);
+        }
+    }
+}
+
+fn log_call<T>(
+    method: &'static str,
+    result: &Result<Response<T>, Status>,
+    latency: Duration,
+    upstream_status: Option<u16>,
+) {
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    tracing::info!(
+        rpc.method = method,
+        grpc.code = ?code,
+        latency_ms,
+        upstream.http_status = upstream_status,
+        "rpc finished"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Identity: Entra tenants and tokens, and the claims of Store ID keys.
+
+mod store_key;
+mod tenant;
+mod token;
+
+pub use store_key::{KeyClaims, KeyDecodeError};
+pub use tenant::{InvalidTenantId, TenantId};
+pub use token::{AccessToken, TokenError, TokenProvider};

@@ -1,0 +1,102 @@
+//! Claims of Microsoft Store ID keys, read without verifying the signature (as Microsoft's
+//! own library does): the Store verifies keys, the facade only routes them.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::upstream::KeyHost;
+
+const COLLECTIONS_AUDIENCE: &str = "https://collections.mp.microsoft.com/v6.0/keys";
+const PURCHASE_AUDIENCE: &str = "https://purchase.mp.microsoft.com/v6.0/keys";
+
+/// Why a key's claims could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyDecodeError {
+    /// The key is not three dot-separated base64url parts with a JSON payload.
+    #[error("the key is not a JWT with a readable payload")]
+    NotAJwt,
+    /// The payload has no `aud`, or one that names neither Store key host.
+    #[error("the key's aud claim names neither the collections nor the purchase service")]
+    UnknownAudience,
+}
+
+/// The claims of a Store ID key that the facade uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KeyClaims {
+    /// Audience: which Store service the key belongs to.
+    #[serde(default)]
+    pub aud: Option<String>,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: Option<i64>,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(default)]
+    pub exp: Option<i64>,
+}
+
+impl KeyClaims {
+    /// Decodes the payload of `key`; the signature is not checked.
+    pub fn decode(key: &str) -> Result<Self, KeyDecodeError> {
+        let mut parts = key.split('.');
+        let (Some(_header), Some(payload), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(KeyDecodeError::NotAJwt);
+        };
+        let bytes = URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .map_err(|_| KeyDecodeError::NotAJwt)?;
+        serde_json::from_slice(&bytes).map_err(|_| KeyDecodeError::NotAJwt)
+    }
+
+    /// The host that renews this key, from its `aud` claim.
+    pub fn host(&self) -> Result<KeyHost, KeyDecodeError> {
+        match self.aud.as_deref() {
+            Some(COLLECTIONS_AUDIENCE) => Ok(KeyHost::Collections),
+            Some(PURCHASE_AUDIENCE) => Ok(KeyHost::Purchase),
+            _ => Err(KeyDecodeError::UnknownAudience),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    #[test]
+    fn audience_selects_the_host() {
+        let key = jwt(r#"{"aud":"https://purchase.mp.microsoft.com/v6.0/keys","exp":10,"iat":5}"#);
+        let claims = KeyClaims::decode(&key).unwrap();
+        assert_eq!(claims.host(), Ok(KeyHost::Purchase));
+        assert_eq!((claims.iat, claims.exp), (Some(5), Some(10)));
+        let key = jwt(r#"{"aud":"https://collections.mp.microsoft.com/v6.0/keys"}"#);
+        assert_eq!(
+            KeyClaims::decode(&key).unwrap().host(),
+            Ok(KeyHost::Collections)
+        );
+    }
+
+    #[test]
+    fn foreign_audience_and_garbage_are_errors() {
+        let key = jwt(r#"{"aud":"https://evil.example/v6.0/keys"}"#);
+        assert_eq!(
+            KeyClaims::decode(&key).unwrap().host(),
+            Err(KeyDecodeError::UnknownAudience)
+        );
+        for bad in ["", "abc", "a.b", "a.!!!.c", "a.b.c.d"] {
+            assert_eq!(
+                KeyClaims::decode(bad).unwrap_err(),
+                KeyDecodeError::NotAJwt,
+                "{bad}"
+            );
+        }
+    }
+}

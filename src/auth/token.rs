@@ -1,0 +1,365 @@
+//! The Entra ID token provider: client credentials (secret or federated assertion), tokens
+//! cached per tenant until shortly before they expire, one token request per cache miss no
+//! matter how many calls wait for it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use moka::Expiry;
+use reqwest::header::HeaderValue;
+use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::TenantId;
+use crate::config::{CredentialSource, Credentials};
+use crate::upstream::retry_after;
+
+const SCOPE: &str = "https://onestore.microsoft.com/.default";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Tokens are renewed this long before they expire (as Microsoft's library does), or at half
+/// their lifetime when they live shorter than twice that.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+const MAX_TENANTS: u64 = 10_000;
+
+/// An Entra access token. It cannot be printed: `Debug` shows `[redacted]` and there is no
+/// `Display`; [`AccessToken::expose`] is the one way to read it, at the point of sending.
+#[derive(Clone)]
+pub struct AccessToken {
+    secret: Arc<SecretString>,
+    bearer: HeaderValue,
+    refresh_at: Instant,
+}
+
+impl AccessToken {
+    /// The token text, for the request that carries it.
+    pub fn expose(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// `Bearer <token>` as a header value marked sensitive, built once per token.
+    pub fn bearer(&self) -> HeaderValue {
+        self.bearer.clone()
+    }
+
+    /// Whether `other` is this very token (same fetch).
+    fn same_as(&self, other: &AccessToken) -> bool {
+        Arc::ptr_eq(&self.secret, &other.secret)
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken([redacted])")
+    }
+}
+
+/// Why no token could be had. No variant carries the secret, the assertion or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No credential is configured and the caller brought none.
+    #[error("no Entra credential is configured and the request carries no service_ticket")]
+    NotConfigured,
+    /// The token endpoint refused the facade's credentials (HTTP 4xx).
+    #[error("the token endpoint rejected the facade's credentials: {error}{}", aadsts.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Rejected {
+        /// HTTP status of the refusal.
+        http_status: u16,
+        /// The OAuth `error` field, e.g. `invalid_client`.
+        error: String,
+        /// The first Entra error code, e.g. `AADSTS7000215`.
+        aadsts: Option<String>,
+    },
+    /// The token endpoint could not be reached, or answered 429 or 5xx.
+    #[error("the token endpoint is unavailable: {cause}")]
+    Unavailable {
+        /// HTTP status, when there was an answer.
+        http_status: Option<u16>,
+        /// The endpoint's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+        /// What went wrong, without any URL.
+        cause: &'static str,
+    },
+    /// The token endpoint answered 2xx with something that is not a token response.
+    #[error(
+        "the token endpoint answered HTTP {http_status} with a body that is not a token response"
+    )]
+    Malformed {
+        /// HTTP status of the answer.
+        http_status: u16,
+    },
+    /// The federated token file could not be read.
+    #[error("the federated token file cannot be read: {0}")]
+    AssertionUnreadable(std::io::ErrorKind),
+}
+
+/// Gets and caches the facade's own Entra tokens.
+#[derive(Clone)]
+pub struct TokenProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    authority: String,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    cache: Cache<TenantId, AccessToken>,
+}
+
+struct RefreshAt;
+
+impl Expiry<TenantId, AccessToken> for RefreshAt {
+    fn expire_after_create(
+        &self,
+        _tenant: &TenantId,
+        token: &AccessToken,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(token.refresh_at.saturating_duration_since(created_at))
+    }
+}
+
+impl TokenProvider {
+    /// A provider that asks `authority` for tokens with `credentials`, through `http`.
+    pub fn new(
+        http: reqwest::Client,
+        authority: &Url,
+        credentials: Option<Credentials>,
+        timeout: Duration,
+    ) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(MAX_TENANTS)
+            .expire_after(RefreshAt)
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                authority: authority.as_str().trim_end_matches('/').to_owned(),
+                credentials,
+                timeout,
+                cache,
+            }),
+        }
+    }
+
+    /// Whether the facade has credentials of its own.
+    pub fn is_configured(&self) -> bool {
+        self.inner.credentials.is_some()
+    }
+
+    /// The tenant used when a request names none.
+    pub fn default_tenant(&self) -> Option<&TenantId> {
+        self.inner.credentials.as_ref().map(|c| &c.tenant_id)
+    }
+
+    /// A token for `tenant` (the configured tenant when `None`), from the cache or from one
+    /// token request shared by every concurrent caller.
+    pub async fn token(&self, tenant: Option<&TenantId>) -> Result<AccessToken, Arc<TokenError>> {
+        let tenant = tenant
+            .or_else(|| self.default_tenant())
+            .ok_or_else(|| Arc::new(TokenError::NotConfigured))?;
+        let inner = &self.inner;
+        inner
+            .cache
+            .try_get_with_by_ref(tenant, inner.fetch(tenant))
+            .await
+    }
+
+    /// Drops `rejected` from the cache, unless a newer token has replaced it already.
+    pub async fn invalidate(&self, tenant: Option<&TenantId>, rejected: &AccessToken) {
+        let Some(tenant) = tenant.or_else(|| self.default_tenant()) else {
+            return;
+        };
+        self.inner
+            .cache
+            .entry_by_ref(tenant)
+            .and_compute_with(|entry| {
+                let op = match entry {
+                    Some(entry) if entry.value().same_as(rejected) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: ExpiresIn,
+}
+
+/// Entra's v2 endpoint sends a number; some endpoints send it as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpiresIn {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+struct TokenErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
+impl Inner {
+    async fn fetch(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
+        let credentials = self.credentials.as_ref().ok_or(TokenError::NotConfigured)?;
+        let assertion;
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", &credentials.client_id),
+            ("scope", SCOPE),
+        ];
+        match &credentials.source {
+            CredentialSource::ClientSecret(secret) => {
+                form.push(("client_secret", secret.expose_secret()));
+            }
+            CredentialSource::FederatedTokenFile(path) => {
+                assertion = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| TokenError::AssertionUnreadable(e.kind()))?;
+                form.push(("client_assertion_type", ASSERTION_TYPE));
+                form.push(("client_assertion", assertion.trim()));
+            }
+        }
+        let url = format!("{}/{}/oauth2/v2.0/token", self.authority, tenant.as_str());
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(url)
+            .form(&form)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unavailable {
+                http_status: None,
+                retry_after: None,
+                cause: if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "connection lost"
+                },
+            })?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| TokenError::Unavailable {
+                http_status: Some(status.as_u16()),
+                retry_after: None,
+                cause: "connection lost while reading the answer",
+            })?;
+        tracing::debug!(tenant = %tenant, http_status = status.as_u16(), "token request answered");
+        token_from_answer(status, retry_after, &body, started)
+    }
+}
+
+fn token_from_answer(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    requested_at: Instant,
+) -> Result<AccessToken, TokenError> {
+    if status.is_success() {
+        let malformed = || TokenError::Malformed {
+            http_status: status.as_u16(),
+        };
+        let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| malformed())?;
+        let lifetime = match parsed.expires_in {
+            ExpiresIn::Number(n) => n,
+            ExpiresIn::Text(t) => t.trim().parse().map_err(|_| malformed())?,
+        };
+        let mut bearer = HeaderValue::try_from(format!("Bearer {}", parsed.access_token))
+            .map_err(|_| malformed())?;
+        bearer.set_sensitive(true);
+        if parsed.access_token.is_empty() {
+            return Err(malformed());
+        }
+        let lifetime = Duration::from_secs(lifetime);
+        let margin = REFRESH_MARGIN.min(lifetime / 2);
+        return Ok(AccessToken {
+            secret: Arc::new(SecretString::from(parsed.access_token)),
+            bearer,
+            refresh_at: requested_at + lifetime - margin,
+        });
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Err(TokenError::Unavailable {
+            http_status: Some(status.as_u16()),
+            retry_after,
+            cause: if status.is_server_error() {
+                "server error"
+            } else {
+                "too many requests"
+            },
+        });
+    }
+    let parsed: TokenErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    Err(TokenError::Rejected {
+        http_status: status.as_u16(),
+        error: if parsed.error.is_empty() {
+            format!("HTTP {}", status.as_u16())
+        } else {
+            parsed.error.chars().take(64).collect()
+        },
+        aadsts: parsed.error_codes.first().map(|c| format!("AADSTS{c}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_refreshed_five_minutes_early_or_at_half_life() {
+        let now = Instant::now();
+        let body = br#"{"token_type":"Bearer","expires_in":3599,"access_token":"t"}"#;
+        let token = token_from_answer(StatusCode::OK, None, body, now).unwrap();
+        assert_eq!(token.refresh_at - now, Duration::from_secs(3299));
+        let body = br#"{"expires_in":"60","access_token":"t"}"#;
+        let token = token_from_answer(StatusCode::OK, None, body, now).unwrap();
+        assert_eq!(token.refresh_at - now, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rejection_names_the_entra_error_not_the_description() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret","error_codes":[7000215]}"#;
+        let err = token_from_answer(StatusCode::UNAUTHORIZED, None, body, Instant::now())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the token endpoint rejected the facade's credentials: invalid_client (AADSTS7000215)"
+        );
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_unavailable() {
+        for status in [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            let err = token_from_answer(status, None, b"", Instant::now()).unwrap_err();
+            assert!(matches!(err, TokenError::Unavailable { .. }), "{status}");
+        }
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let body = br#"{"expires_in":60,"access_token":"very-secret-token"}"#;
+        let token = token_from_answer(StatusCode::OK, None, body, Instant::now()).unwrap();
+        assert!(!format!("{token:?}").contains("very-secret-token"));
+    }
+}

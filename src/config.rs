@@ -1,0 +1,342 @@
+//! Configuration: flags with environment fallbacks, parsed and validated once into [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use reqwest::Url;
+use secrecy::SecretString;
+
+use crate::auth::TenantId;
+
+const ENV_HELP: &str = "\
+Entra ID credentials (environment only; secrets are never taken from flags):
+  AZURE_TENANT_ID             tenant the facade acts for when a request names none (GUID or domain)
+  AZURE_CLIENT_ID             application (client) id registered in Partner Center
+  AZURE_CLIENT_SECRET         client secret (client credentials flow)
+  AZURE_FEDERATED_TOKEN_FILE  file holding a client assertion JWT (AKS workload identity), re-read on
+                              every token request; use instead of AZURE_CLIENT_SECRET
+  AZURE_AUTHORITY_HOST        token authority [default: https://login.microsoftonline.com]
+                              (plain http:// accepted, for loopback tests)
+With no credential configured the facade still serves: RenewKey callers may pass service_ticket.
+
+Logging:
+  RUST_LOG                    log filter [default: info]";
+
+/// Command-line flags, each with an environment fallback.
+#[derive(Debug, Parser)]
+#[command(name = "msstore-facade", version, about, after_help = ENV_HELP)]
+pub struct Cli {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "MSSTORE_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: String,
+
+    /// Base URL of the Store for Business API (offline licenses); any base URL, http:// included.
+    #[arg(
+        long,
+        env = "MSSTORE_BUSINESS_STORE_URL",
+        default_value = "https://bspmts.mp.microsoft.com"
+    )]
+    pub business_store_url: String,
+
+    /// Base URL of the Store collections API, which renews collections keys.
+    #[arg(
+        long,
+        env = "MSSTORE_COLLECTIONS_URL",
+        default_value = "https://collections.mp.microsoft.com"
+    )]
+    pub collections_url: String,
+
+    /// Base URL of the Store purchase API, which renews purchase keys.
+    #[arg(
+        long,
+        env = "MSSTORE_PURCHASE_URL",
+        default_value = "https://purchase.mp.microsoft.com"
+    )]
+    pub purchase_url: String,
+
+    /// Largest accepted gRPC request message, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MSSTORE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Log line format.
+    #[arg(long, env = "MSSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `AZURE_*` variables, read from the environment in one place.
+#[derive(Debug, Default)]
+pub struct AzureEnv {
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// `AZURE_CLIENT_SECRET`.
+    pub client_secret: Option<SecretString>,
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    pub federated_token_file: Option<PathBuf>,
+    /// `AZURE_AUTHORITY_HOST`.
+    pub authority_host: Option<String>,
+}
+
+impl AzureEnv {
+    /// Reads the `AZURE_*` variables; empty values count as unset.
+    pub fn from_process_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            tenant_id: var("AZURE_TENANT_ID"),
+            client_id: var("AZURE_CLIENT_ID"),
+            client_secret: var("AZURE_CLIENT_SECRET").map(SecretString::from),
+            federated_token_file: var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
+            authority_host: var("AZURE_AUTHORITY_HOST"),
+        }
+    }
+}
+
+/// How the facade proves its identity to Entra ID.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// A client secret (`AZURE_CLIENT_SECRET`).
+    ClientSecret(SecretString),
+    /// A file holding a client assertion JWT (`AZURE_FEDERATED_TOKEN_FILE`).
+    FederatedTokenFile(PathBuf),
+}
+
+/// The facade's own Entra application credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The tenant used when a request names none.
+    pub tenant_id: TenantId,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The secret or assertion file.
+    pub source: CredentialSource,
+}
+
+/// Validated configuration of one facade instance.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Store for Business base URL.
+    pub business_store_url: Url,
+    /// Collections base URL.
+    pub collections_url: Url,
+    /// Purchase base URL.
+    pub purchase_url: Url,
+    /// Entra authority host.
+    pub authority_host: Url,
+    /// The facade's own credentials, if configured.
+    pub credentials: Option<Credentials>,
+    /// Request message size limit in bytes.
+    pub max_request_bytes: usize,
+    /// Timeout of one upstream attempt when the caller sets no deadline.
+    pub upstream_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that cannot be used; its text is one line naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Parses flags and the environment of this process.
+    pub fn from_cli(cli: Cli, azure: AzureEnv) -> Result<Self, ConfigError> {
+        let grpc_addr = cli.grpc_addr.parse().map_err(|e| {
+            ConfigError(format!(
+                "--grpc-addr (MSSTORE_GRPC_ADDR) {:?}: {e}",
+                cli.grpc_addr
+            ))
+        })?;
+        if cli.max_request_bytes == 0 {
+            return Err(ConfigError(
+                "--max-request-bytes (MSSTORE_MAX_REQUEST_BYTES) must be above 0".into(),
+            ));
+        }
+        Ok(Self {
+            grpc_addr,
+            business_store_url: base_url(
+                "--business-store-url (MSSTORE_BUSINESS_STORE_URL)",
+                &cli.business_store_url,
+            )?,
+            collections_url: base_url(
+                "--collections-url (MSSTORE_COLLECTIONS_URL)",
+                &cli.collections_url,
+            )?,
+            purchase_url: base_url("--purchase-url (MSSTORE_PURCHASE_URL)", &cli.purchase_url)?,
+            authority_host: base_url(
+                "AZURE_AUTHORITY_HOST",
+                azure
+                    .authority_host
+                    .as_deref()
+                    .unwrap_or("https://login.microsoftonline.com"),
+            )?,
+            credentials: credentials(azure)?,
+            max_request_bytes: cli.max_request_bytes,
+            upstream_timeout: Duration::from_secs(10),
+            log_format: cli.log_format,
+        })
+    }
+
+    /// Settings for `base` as every upstream, with no credentials: a starting point for tests.
+    pub fn for_upstream(base: &str) -> Result<Self, ConfigError> {
+        let url = base_url("upstream", base)?;
+        Ok(Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            business_store_url: url.clone(),
+            collections_url: url.clone(),
+            purchase_url: url.clone(),
+            authority_host: url,
+            credentials: None,
+            max_request_bytes: 1024 * 1024,
+            upstream_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+        })
+    }
+}
+
+fn base_url(name: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError(format!("{name} {value:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError(format!(
+            "{name} {value:?}: the scheme must be http or https"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError(format!("{name} {value:?}: a host is required")));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(ConfigError(format!(
+            "{name} {value:?}: a base URL takes no query, fragment or user info"
+        )));
+    }
+    Ok(url)
+}
+
+fn credentials(azure: AzureEnv) -> Result<Option<Credentials>, ConfigError> {
+    let AzureEnv {
+        tenant_id,
+        client_id,
+        client_secret,
+        federated_token_file,
+        ..
+    } = azure;
+    let source = match (client_secret, federated_token_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(
+                "set AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, not both".into(),
+            ))
+        }
+        (Some(secret), None) => Some(CredentialSource::ClientSecret(secret)),
+        (None, Some(file)) => Some(CredentialSource::FederatedTokenFile(file)),
+        (None, None) => None,
+    };
+    match (tenant_id, client_id, source) {
+        (None, None, None) => Ok(None),
+        (Some(tenant), Some(client_id), Some(source)) => {
+            let tenant_id = TenantId::parse(&tenant).map_err(|_| {
+                ConfigError(format!(
+                    "AZURE_TENANT_ID {tenant:?}: must be a GUID or a domain name"
+                ))
+            })?;
+            Ok(Some(Credentials {
+                tenant_id,
+                client_id,
+                source,
+            }))
+        }
+        (tenant, client, source) => {
+            let missing: Vec<&str> = [
+                (tenant.is_none(), "AZURE_TENANT_ID"),
+                (client.is_none(), "AZURE_CLIENT_ID"),
+                (
+                    source.is_none(),
+                    "AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(missing, name)| missing.then_some(name))
+            .collect();
+            Err(ConfigError(format!(
+                "Entra credentials are half configured: {} missing",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("msstore-facade").chain(args.iter().copied()))
+            .expect("flags parse")
+    }
+
+    #[test]
+    fn bad_address_names_the_flag() {
+        let err = Settings::from_cli(cli(&["--grpc-addr", "nope"]), AzureEnv::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--grpc-addr"), "{err}");
+    }
+
+    #[test]
+    fn ftp_base_url_is_rejected() {
+        let err = Settings::from_cli(cli(&["--collections-url", "ftp://x"]), AzureEnv::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--collections-url"), "{err}");
+    }
+
+    #[test]
+    fn half_configured_credentials_name_what_is_missing() {
+        let azure = AzureEnv {
+            client_id: Some("app".into()),
+            ..AzureEnv::default()
+        };
+        let err = Settings::from_cli(cli(&[]), azure).unwrap_err().to_string();
+        assert!(err.contains("AZURE_TENANT_ID"), "{err}");
+        assert!(err.contains("AZURE_CLIENT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn secret_and_assertion_file_together_are_rejected() {
+        let azure = AzureEnv {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: Some("app".into()),
+            client_secret: Some(SecretString::from("s3cr3t-value")),
+            federated_token_file: Some("/tmp/token".into()),
+            ..AzureEnv::default()
+        };
+        let err = Settings::from_cli(cli(&[]), azure).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        assert!(!err.contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn full_credentials_parse() {
+        let azure = AzureEnv {
+            tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+            client_id: Some("app".into()),
+            client_secret: Some(SecretString::from("s")),
+            ..AzureEnv::default()
+        };
+        let settings = Settings::from_cli(cli(&[]), azure).unwrap();
+        assert!(settings.credentials.is_some());
+        assert_eq!(settings.grpc_addr.port(), 50051);
+    }
+}

@@ -1,0 +1,481 @@
+//! The one mapping from validation, token and upstream failures to `tonic::Status` with rich
+//! details (contract section 4). Nothing else in the crate builds a `Status`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::auth::TokenError;
+use crate::upstream::{TransportFailure, UpstreamError, UpstreamIds};
+
+/// `ErrorInfo.domain` of the facade's own errors.
+pub const FACADE_DOMAIN: &str = "msstore-facade";
+
+/// RetryInfo delay when the upstream names none.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Which RPC an upstream failure happened in: some statuses map differently per operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `StoreEntitlements/GetOfflineLicense`.
+    GetOfflineLicense,
+    /// `StoreKeys/RenewKey`.
+    RenewKey,
+}
+
+impl Operation {
+    /// Upstream parameter names and the proto fields they stand for.
+    fn fields(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::GetOfflineLicense => &[
+                ("productId", "product_id"),
+                ("skuId", "sku_id"),
+                ("contentId", "content_id"),
+            ],
+            Self::RenewKey => &[("serviceTicket", "service_ticket"), ("key", "key")],
+        }
+    }
+}
+
+/// One invalid request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Proto field name, e.g. `sku_id`.
+    pub field: &'static str,
+    /// What is wrong with it; never echoes a secret.
+    pub description: String,
+}
+
+/// Everything that can end a call unsuccessfully.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request failed local validation.
+    #[error("the request is invalid")]
+    Invalid {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// One entry per bad field.
+        violations: Vec<Violation>,
+    },
+    /// No token could be had.
+    #[error(transparent)]
+    Token(Arc<TokenError>),
+    /// The upstream call failed.
+    #[error("{error}")]
+    Upstream {
+        /// The RPC.
+        operation: Operation,
+        /// What failed.
+        error: Box<UpstreamError>,
+    },
+    /// The caller's deadline ran out.
+    #[error("the caller's deadline of {budget:?} ran out")]
+    DeadlineExceeded {
+        /// The deadline the caller set.
+        budget: Duration,
+    },
+    /// The request message is larger than the configured limit.
+    #[error("the request message exceeds the {limit}-byte limit")]
+    RequestTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+}
+
+impl ApiError {
+    /// A failure of the upstream call of `operation`.
+    pub fn upstream(operation: Operation, error: UpstreamError) -> Self {
+        Self::Upstream {
+            operation,
+            error: Box::new(error),
+        }
+    }
+
+    /// A validation failure on one field.
+    pub fn invalid(
+        reason: &'static str,
+        field: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            reason,
+            violations: vec![Violation {
+                field,
+                description: description.into(),
+            }],
+        }
+    }
+
+    /// The HTTP status of the upstream answer behind this error, when there was one.
+    pub fn upstream_http_status(&self) -> Option<u16> {
+        match self {
+            Self::Upstream { error, .. } => match error.as_ref() {
+                UpstreamError::Status(failure) => Some(failure.http_status.as_u16()),
+                UpstreamError::Malformed { http_status, .. } => Some(*http_status),
+                UpstreamError::Transport { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether this is the Store refusing the credentials (HTTP 401).
+    pub fn is_upstream_unauthorized(&self) -> bool {
+        self.upstream_http_status() == Some(401)
+    }
+}
+
+/// The gRPC status, details and metadata of an error, before it becomes a `Status`.
+struct Mapped {
+    code: Code,
+    message: String,
+    reason: String,
+    domain: String,
+    info: HashMap<String, String>,
+    retry: Option<Duration>,
+    violations: Vec<Violation>,
+    ids: Option<UpstreamIds>,
+}
+
+impl Mapped {
+    fn facade(code: Code, reason: &str, message: String) -> Self {
+        Self {
+            code,
+            message,
+            reason: reason.to_owned(),
+            domain: FACADE_DOMAIN.to_owned(),
+            info: HashMap::new(),
+            retry: None,
+            violations: Vec::new(),
+            ids: None,
+        }
+    }
+
+    fn with_info(mut self, key: &str, value: impl ToString) -> Self {
+        self.info.insert(key.to_owned(), value.to_string());
+        self
+    }
+
+    fn with_ids(mut self, ids: &UpstreamIds) -> Self {
+        for (name, value) in ids.iter() {
+            if let Ok(text) = value.to_str() {
+                self.info.insert(name.replace('-', "_"), text.to_owned());
+            }
+        }
+        self.ids = Some(ids.clone());
+        self
+    }
+
+    fn into_status(self) -> Status {
+        let mut details = ErrorDetails::with_error_info(self.reason, self.domain, self.info);
+        if let Some(delay) = self.retry {
+            details.set_retry_info(Some(delay));
+        }
+        if !self.violations.is_empty() {
+            details.set_bad_request(
+                self.violations
+                    .into_iter()
+                    .map(|v| FieldViolation::new(v.field, v.description))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let mut metadata = MetadataMap::new();
+        for (name, value) in self.ids.iter().flat_map(UpstreamIds::iter) {
+            if let Ok(value) = MetadataValue::try_from(value.as_bytes()) {
+                metadata.insert(name, value);
+            }
+        }
+        Status::with_error_details_and_metadata(self.code, self.message, details, metadata)
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        map(error).into_status()
+    }
+}
+
+fn map(error: ApiError) -> Mapped {
+    match error {
+        ApiError::Invalid { reason, violations } => {
+            let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
+            let mut mapped = Mapped::facade(
+                Code::InvalidArgument,
+                reason,
+                format!("invalid request: {}", describe(&violations, &fields)),
+            );
+            mapped.violations = violations;
+            mapped
+        }
+        ApiError::Token(error) => map_token(&error),
+        ApiError::Upstream { operation, error } => map_upstream(operation, *error),
+        ApiError::DeadlineExceeded { budget } => Mapped::facade(
+            Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            format!("the caller's deadline of {} ms ran out", budget.as_millis()),
+        ),
+        ApiError::RequestTooLarge { limit } => Mapped::facade(
+            Code::ResourceExhausted,
+            "REQUEST_TOO_LARGE",
+            format!("the request message exceeds the {limit}-byte limit"),
+        )
+        .with_info("limit_bytes", limit),
+    }
+}
+
+fn describe(violations: &[Violation], fields: &[&str]) -> String {
+    match violations {
+        [one] => format!("{}: {}", one.field, one.description),
+        _ => format!("bad fields {}", fields.join(", ")),
+    }
+}
+
+fn map_token(error: &TokenError) -> Mapped {
+    let message = error.to_string();
+    match error {
+        TokenError::NotConfigured => {
+            Mapped::facade(Code::Unauthenticated, "SERVICE_TICKET_REQUIRED", message)
+        }
+        TokenError::Rejected {
+            http_status,
+            error,
+            aadsts,
+        } => {
+            let mut mapped = Mapped::facade(Code::Internal, "TOKEN_REQUEST_REJECTED", message)
+                .with_info("http_status", http_status)
+                .with_info("entra_error", error);
+            if let Some(code) = aadsts {
+                mapped = mapped.with_info("entra_error_code", code);
+            }
+            mapped
+        }
+        TokenError::Unavailable {
+            http_status,
+            retry_after,
+            ..
+        } => {
+            let mut mapped =
+                Mapped::facade(Code::Unavailable, "TOKEN_ENDPOINT_UNAVAILABLE", message);
+            if let Some(status) = http_status {
+                mapped = mapped.with_info("http_status", status);
+            }
+            mapped.retry = Some(retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
+            mapped
+        }
+        TokenError::Malformed { http_status } => {
+            Mapped::facade(Code::Internal, "TOKEN_RESPONSE_MALFORMED", message)
+                .with_info("http_status", http_status)
+        }
+        TokenError::AssertionUnreadable(_) => {
+            Mapped::facade(Code::Internal, "FEDERATED_TOKEN_FILE_UNREADABLE", message)
+        }
+    }
+}
+
+fn map_upstream(operation: Operation, error: UpstreamError) -> Mapped {
+    match error {
+        UpstreamError::Transport { host, kind } => {
+            let (reason, what) = match kind {
+                TransportFailure::Connect => ("UPSTREAM_UNREACHABLE", "could not be reached"),
+                TransportFailure::Timeout => ("UPSTREAM_TIMEOUT", "did not answer in time"),
+                TransportFailure::ConnectionLost => (
+                    "UPSTREAM_CONNECTION_LOST",
+                    "closed the connection mid-answer",
+                ),
+            };
+            let mut mapped = Mapped::facade(
+                Code::Unavailable,
+                reason,
+                format!("the Store ({host}) {what}"),
+            )
+            .with_info("host", &host);
+            mapped.retry = Some(DEFAULT_RETRY_DELAY);
+            mapped
+        }
+        UpstreamError::Malformed {
+            host,
+            http_status,
+            ids,
+            expected,
+        } => Mapped::facade(
+            Code::Internal,
+            "UPSTREAM_MALFORMED_RESPONSE",
+            format!(
+                "the Store ({host}) answered HTTP {http_status} with a body that is not {expected}"
+            ),
+        )
+        .with_info("http_status", http_status)
+        .with_info("host", &host)
+        .with_ids(&ids),
+        UpstreamError::Status(failure) => {
+            let status = failure.http_status;
+            let code = code_for(operation, status);
+            let reason = failure
+                .body
+                .inner_code
+                .as_deref()
+                .map(upper_snake)
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| http_reason(status));
+            let mut message = format!(
+                "the Store ({}) answered HTTP {}",
+                failure.host,
+                status.as_u16()
+            );
+            if let Some(text) = &failure.body.message {
+                message.push_str(": ");
+                message.push_str(text);
+            }
+            let mut mapped = Mapped {
+                code,
+                message,
+                reason,
+                domain: failure.host.to_string(),
+                info: HashMap::new(),
+                retry: None,
+                violations: Vec::new(),
+                ids: None,
+            }
+            .with_info("http_status", status.as_u16())
+            .with_ids(&failure.ids);
+            if let Some(inner) = &failure.body.inner_code {
+                mapped = mapped.with_info("store_code", crate::upstream::clean_text(inner));
+            }
+            match code {
+                Code::ResourceExhausted | Code::Unavailable => {
+                    mapped.retry = Some(failure.retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
+                }
+                Code::InvalidArgument => {
+                    let names: Vec<&str> = operation.fields().iter().map(|(u, _)| *u).collect();
+                    if let Some(upstream_name) = failure.body.mentions(&names) {
+                        let field = operation
+                            .fields()
+                            .iter()
+                            .find(|(u, _)| *u == upstream_name)
+                            .map(|(_, proto)| *proto)
+                            .unwrap_or_default();
+                        let description = failure
+                            .body
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "rejected by the Store".to_owned());
+                        mapped.violations.push(Violation { field, description });
+                    }
+                }
+                _ => {}
+            }
+            mapped
+        }
+    }
+}
+
+/// The gRPC code for an HTTP status the Store answered (contract section 4).
+fn code_for(operation: Operation, status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 if operation == Operation::RenewKey => Code::Aborted,
+        409 | 412 => Code::FailedPrecondition,
+        429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
+        408 | 502 | 503 | 504 => Code::Unavailable,
+        500..=599 => Code::Internal,
+        _ => Code::Unknown,
+    }
+}
+
+/// `NOT_FOUND`, `TOO_MANY_REQUESTS`, ... from the HTTP reason phrase.
+fn http_reason(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .map(upper_snake)
+        .unwrap_or_else(|| format!("HTTP_{}", status.as_u16()))
+}
+
+/// `InconsistentClientId` -> `INCONSISTENT_CLIENT_ID`; `Not Found` -> `NOT_FOUND`.
+pub fn upper_snake(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_ascii_alphanumeric() {
+            if !out.is_empty() && !out.ends_with('_') {
+                out.push('_');
+            }
+            continue;
+        }
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        let next = chars.get(i + 1);
+        let boundary = c.is_ascii_uppercase()
+            && prev.is_some_and(|p| {
+                p.is_ascii_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_ascii_uppercase() && next.is_some_and(char::is_ascii_lowercase))
+            });
+        if boundary && !out.ends_with('_') {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+        if out.len() >= 63 {
+            break;
+        }
+    }
+    out.trim_end_matches('_').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_codes_become_upper_snake_reasons() {
+        assert_eq!(
+            upper_snake("InconsistentClientId"),
+            "INCONSISTENT_CLIENT_ID"
+        );
+        assert_eq!(
+            upper_snake("PartnerAadTicketRequired"),
+            "PARTNER_AAD_TICKET_REQUIRED"
+        );
+        assert_eq!(
+            upper_snake("AuthenticationTokenInvalid"),
+            "AUTHENTICATION_TOKEN_INVALID"
+        );
+        assert_eq!(
+            upper_snake("HTTPVersionNotSupported"),
+            "HTTP_VERSION_NOT_SUPPORTED"
+        );
+        assert_eq!(upper_snake("Too Many Requests"), "TOO_MANY_REQUESTS");
+        assert_eq!(upper_snake("already_snake"), "ALREADY_SNAKE");
+    }
+
+    #[test]
+    fn http_statuses_map_per_operation() {
+        let both = [Operation::GetOfflineLicense, Operation::RenewKey];
+        for op in both {
+            assert_eq!(code_for(op, StatusCode::BAD_GATEWAY), Code::Unavailable);
+            assert_eq!(code_for(op, StatusCode::REQUEST_TIMEOUT), Code::Unavailable);
+            assert_eq!(
+                code_for(op, StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+                Code::Internal
+            );
+            assert_eq!(
+                code_for(op, StatusCode::PRECONDITION_FAILED),
+                Code::FailedPrecondition
+            );
+        }
+        assert_eq!(
+            code_for(Operation::GetOfflineLicense, StatusCode::CONFLICT),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code_for(Operation::RenewKey, StatusCode::CONFLICT),
+            Code::Aborted
+        );
+    }
+}

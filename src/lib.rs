@@ -1,0 +1,19 @@
+//! msstore-facade: a typed, observable gRPC facade in front of the Microsoft Store for Business
+//! offline-license API and the Microsoft Store B2B key-renewal API.
+//!
+//! [`server::serve`] runs the whole service; `main.rs` only parses configuration around it.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Settings;
+pub use server::serve;

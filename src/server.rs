@@ -1,0 +1,123 @@
+//! Assembles the gRPC server: both Store services, health, reflection and the size-limit
+//! remapping, served until shutdown.
+
+use std::future::Future;
+
+use http::HeaderMap;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::{Backends, EntitlementsService, KeysService};
+use crate::auth::TokenProvider;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::proto::msstore::v1::store_entitlements_server::StoreEntitlementsServer;
+use crate::proto::msstore::v1::store_keys_server::StoreKeysServer;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::upstream::{http_client, StoreClient};
+
+/// Health service names reported besides `""`.
+pub const SERVICE_NAMES: [&str; 2] = ["msstore.v1.StoreEntitlements", "msstore.v1.StoreKeys"];
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the embedded descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the backends of `settings`: one HTTP client shared by the Store and token clients.
+pub fn backends(settings: &Settings) -> Backends {
+    let http = http_client(std::time::Duration::from_secs(5));
+    Backends {
+        store: StoreClient::new(http.clone(), settings),
+        tokens: TokenProvider::new(
+            http,
+            &settings.authority_host,
+            settings.credentials.clone(),
+            settings.upstream_timeout,
+        ),
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown` completes; then health turns NOT_SERVING,
+/// new connections are refused and calls in flight finish.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let backends = backends(&settings);
+    let limit = settings.max_request_bytes;
+    let entitlements = StoreEntitlementsServer::new(EntitlementsService::new(backends.clone()))
+        .max_decoding_message_size(limit);
+    let keys = StoreKeysServer::new(KeysService::new(backends)).max_decoding_message_size(limit);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in SERVICE_NAMES {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let shutdown = async move {
+        shutdown.await;
+        for name in [""].into_iter().chain(SERVICE_NAMES) {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("shutting down: health NOT_SERVING, finishing calls in flight");
+    };
+    Server::builder()
+        .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            move |mut response: http::Response<tonic::body::Body>| {
+                remap_size_limit(response.headers_mut(), limit);
+                response
+            },
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(entitlements)
+        .add_service(keys)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// tonic answers an over-limit request message with OUT_OF_RANGE; the contract says
+/// RESOURCE_EXHAUSTED with ErrorInfo. No handler of ours answers OUT_OF_RANGE, so every
+/// trailers-only OUT_OF_RANGE is that limit.
+fn remap_size_limit(headers: &mut HeaderMap, limit: usize) {
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == b"11");
+    if !out_of_range {
+        return;
+    }
+    headers.remove("grpc-message");
+    headers.remove("grpc-status-details-bin");
+    let status = tonic::Status::from(ApiError::RequestTooLarge { limit });
+    if let Err(status) = status.add_header(headers) {
+        tracing::warn!(error = %status, "cannot rewrite the size-limit status");
+    }
+}

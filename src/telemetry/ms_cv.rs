@@ -1,0 +1,183 @@
+//! Microsoft correlation vectors (MS-CV): `base.n.n...`, extended once per incoming call and
+//! incremented before each upstream attempt, so every upstream `MS-CV` starts with the caller's.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+const V1_BASE_LEN: usize = 16;
+const V2_BASE_LEN: usize = 22;
+const V1_MAX_LEN: usize = 63;
+const V2_MAX_LEN: usize = 127;
+
+/// One call's correlation vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationVector {
+    /// Everything before the last element, without the trailing dot.
+    prefix: String,
+    last: u32,
+    max_len: usize,
+    /// Set once the vector ends in `!`: it no longer changes.
+    frozen: bool,
+}
+
+impl CorrelationVector {
+    /// The vector for a new incoming call: `incoming` extended (`V` -> `V.0`) when it is a
+    /// valid vector, else a new random v1 vector `base.0`.
+    pub fn for_call(incoming: Option<&str>) -> Self {
+        match incoming.and_then(Self::parse) {
+            Some(mut cv) => {
+                cv.extend();
+                cv
+            }
+            None => Self::seed(),
+        }
+    }
+
+    /// A new random v1 vector, `base.0`.
+    pub fn seed() -> Self {
+        let bytes: [u8; 12] = std::array::from_fn(|_| fastrand::u8(..));
+        Self {
+            prefix: STANDARD.encode(bytes),
+            last: 0,
+            max_len: V1_MAX_LEN,
+            frozen: false,
+        }
+    }
+
+    /// Parses `text` as a vector; `None` when it is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (body, frozen) = match text.strip_suffix('!') {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        let (base, elements) = body.split_once('.')?;
+        let max_len = match base.len() {
+            V1_BASE_LEN => V1_MAX_LEN,
+            V2_BASE_LEN => V2_MAX_LEN,
+            _ => return None,
+        };
+        let base_ok = base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+        if !base_ok || body.len() > max_len {
+            return None;
+        }
+        let mut last = None;
+        for element in elements.split('.') {
+            let digits_ok = !element.is_empty() && element.bytes().all(|b| b.is_ascii_digit());
+            last = Some(element.parse::<u32>().ok().filter(|_| digits_ok)?);
+        }
+        let (prefix, _) = body.rsplit_once('.')?;
+        Some(Self {
+            prefix: prefix.to_owned(),
+            last: last?,
+            max_len,
+            frozen,
+        })
+    }
+
+    fn text_len(&self) -> usize {
+        self.prefix.len() + 1 + decimal_len(self.last)
+    }
+
+    /// `V` -> `V.0`, or `V!` when that would be too long.
+    pub fn extend(&mut self) {
+        if self.frozen {
+            return;
+        }
+        if self.text_len() + 2 > self.max_len {
+            self.frozen = true;
+            return;
+        }
+        self.prefix = format!("{}.{}", self.prefix, self.last);
+        self.last = 0;
+    }
+
+    /// `V.n` -> `V.(n+1)`, or `V.n!` when that would be too long or overflow.
+    pub fn increment(&mut self) {
+        if self.frozen {
+            return;
+        }
+        match self.last.checked_add(1) {
+            Some(next) if self.prefix.len() + 1 + decimal_len(next) <= self.max_len => {
+                self.last = next;
+            }
+            _ => self.frozen = true,
+        }
+    }
+
+    /// Increments, then returns the value to send with the next upstream attempt.
+    pub fn next_attempt(&mut self) -> String {
+        self.increment();
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for CorrelationVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.prefix, self.last)?;
+        if self.frozen {
+            f.write_str("!")?;
+        }
+        Ok(())
+    }
+}
+
+fn decimal_len(n: u32) -> usize {
+    n.checked_ilog10().unwrap_or(0) as usize + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_vector_is_extended_then_incremented() {
+        let mut cv = CorrelationVector::for_call(Some("xu2HW6SrSkyfHyFh.3"));
+        assert_eq!(cv.to_string(), "xu2HW6SrSkyfHyFh.3.0");
+        assert_eq!(cv.next_attempt(), "xu2HW6SrSkyfHyFh.3.1");
+        assert_eq!(cv.next_attempt(), "xu2HW6SrSkyfHyFh.3.2");
+    }
+
+    #[test]
+    fn invalid_incoming_vector_is_replaced_by_a_seed() {
+        for bad in [
+            "",
+            "short.1",
+            "xu2HW6SrSkyfHyFh",
+            "xu2HW6SrSkyfHyFh.x",
+            "xu2HW6SrSkyfHyF!.1",
+        ] {
+            let cv = CorrelationVector::for_call(Some(bad));
+            let text = cv.to_string();
+            assert_eq!(text.len(), 18, "{bad} -> {text}");
+            assert!(text.ends_with(".0"));
+        }
+    }
+
+    #[test]
+    fn v2_vectors_are_accepted() {
+        let cv = CorrelationVector::for_call(Some("KZIT1rUhNkmQBGUmbvUEXq.1"));
+        assert_eq!(cv.to_string(), "KZIT1rUhNkmQBGUmbvUEXq.1.0");
+    }
+
+    #[test]
+    fn too_long_vector_is_frozen_with_a_bang() {
+        let long = format!("xu2HW6SrSkyfHyFh{}", ".1".repeat(23));
+        assert_eq!(long.len(), 62);
+        let mut cv = CorrelationVector::for_call(Some(&long));
+        assert_eq!(cv.to_string(), format!("{long}!"));
+        assert_eq!(cv.next_attempt(), format!("{long}!"));
+        let frozen = CorrelationVector::for_call(Some("xu2HW6SrSkyfHyFh.1!"));
+        assert_eq!(frozen.to_string(), "xu2HW6SrSkyfHyFh.1!");
+    }
+
+    #[test]
+    fn increment_that_would_overflow_length_freezes() {
+        let near = format!("xu2HW6SrSkyfHyFh{}.99", ".1".repeat(22));
+        assert_eq!(near.len(), 63);
+        let mut cv = CorrelationVector::parse(&near).unwrap();
+        cv.increment();
+        assert_eq!(cv.to_string(), format!("{near}!"));
+    }
+}

@@ -1,0 +1,96 @@
+//! W3C trace context: an incoming `traceparent` is continued, so upstream requests carry the
+//! caller's trace id; a call without one starts a new trace.
+
+use std::fmt::Write;
+
+/// The trace a call belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: u128,
+    flags: u8,
+}
+
+impl TraceContext {
+    /// Continues `incoming` when it is a valid `traceparent`, else starts a new trace.
+    pub fn for_call(incoming: Option<&str>) -> Self {
+        incoming.and_then(Self::parse).unwrap_or_else(|| Self {
+            trace_id: fastrand::u128(1..),
+            flags: 0,
+        })
+    }
+
+    /// Parses a `traceparent` header value.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.trim().split('-');
+        let version = hex(parts.next()?, 2)?;
+        let trace_id = hex(parts.next()?, 32)?;
+        let parent_id = hex(parts.next()?, 16)?;
+        let flags = hex(parts.next()?, 2)?;
+        let rest_ok = match version {
+            0 => parts.next().is_none(),
+            0xff => false,
+            _ => true,
+        };
+        (rest_ok && trace_id != 0 && parent_id != 0).then_some(Self {
+            trace_id,
+            flags: flags as u8,
+        })
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// A `traceparent` for one upstream attempt: this trace, a new span id.
+    pub fn traceparent(&self) -> String {
+        let mut out = String::with_capacity(55);
+        let span_id = fastrand::u64(1..);
+        let _ = write!(
+            out,
+            "00-{:032x}-{span_id:016x}-{:02x}",
+            self.trace_id, self.flags
+        );
+        out
+    }
+}
+
+fn hex(text: &str, len: usize) -> Option<u128> {
+    let ok = text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    ok.then(|| u128::from_str_radix(text, 16).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_trace_is_continued_with_a_new_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::for_call(Some(incoming));
+        let out = ctx.traceparent();
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
+        assert!(out.ends_with("-01"));
+        assert_ne!(out, incoming);
+        assert!(TraceContext::parse(&out).is_some());
+    }
+
+    #[test]
+    fn invalid_traceparent_starts_a_new_trace() {
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+        let fresh = TraceContext::for_call(Some("garbage")).traceparent();
+        assert_eq!(fresh.len(), 55);
+    }
+}

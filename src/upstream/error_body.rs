@@ -1,0 +1,187 @@
+//! What can be read out of a Store error body. No schema is published (the B2B APIs send
+//! Microsoft's `ServiceError`, the Store for Business nothing documented), so parsing is lenient:
+//! whatever is missing stays `None`.
+
+use serde_json::Value;
+
+/// The Store's documented inner error codes, searched for in `innererror`.
+pub const DOCUMENTED_INNER_CODES: [&str; 4] = [
+    "AuthenticationTokenInvalid",
+    "InconsistentClientId",
+    "PartnerAadTicketRequired",
+    "InvalidParameter",
+];
+
+const MAX_TEXT_CHARS: usize = 300;
+
+/// The useful parts of an error body.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorBody {
+    /// The Store's inner error code, e.g. `InconsistentClientId`.
+    pub inner_code: Option<String>,
+    /// A human-readable message, cleaned of anything that looks like a token or a URL.
+    pub message: Option<String>,
+    /// Every text of the body (codes, messages, data, targets), for finding a named field.
+    texts: Vec<String>,
+}
+
+impl ErrorBody {
+    /// Parses `body`; anything that is not JSON counts as one opaque text.
+    pub fn parse(body: &[u8]) -> Self {
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            return Self {
+                inner_code: None,
+                message: (!text.is_empty()).then(|| clean(text)),
+                texts: vec![text.chars().take(4096).collect()],
+            };
+        };
+        let inner = field(&json, "innererror");
+        let mut texts = Vec::new();
+        collect_texts(&json, &mut texts);
+        Self {
+            inner_code: inner_code(inner, &json),
+            message: inner
+                .and_then(|i| field(i, "message"))
+                .or_else(|| field(&json, "message"))
+                .or_else(|| field(&json, "error_description"))
+                .and_then(Value::as_str)
+                .map(clean),
+            texts,
+        }
+    }
+
+    /// The first of `names` that the body mentions as a whole word.
+    pub fn mentions<'a>(&self, names: &[&'a str]) -> Option<&'a str> {
+        names.iter().copied().find(|name| {
+            self.texts
+                .iter()
+                .any(|text| find_word(text, name).is_some())
+        })
+    }
+}
+
+/// Looks `name` up case-insensitively (`innererror`, `innerError`, ...).
+fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn collect_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) if out.len() < 64 => out.push(s.chars().take(4096).collect()),
+        Value::Array(items) => items.iter().for_each(|v| collect_texts(v, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_texts(v, out)),
+        _ => {}
+    }
+}
+
+/// The first documented code in `innererror.code`, else in the text of `innererror.data`,
+/// else `innererror.code` as it stands, else a documented top-level `code`.
+fn inner_code(inner: Option<&Value>, body: &Value) -> Option<String> {
+    let documented = |code: &str| DOCUMENTED_INNER_CODES.contains(&code);
+    let code = inner.and_then(|i| field(i, "code")).and_then(Value::as_str);
+    if let Some(code) = code.filter(|c| documented(c)) {
+        return Some(code.to_owned());
+    }
+    if let Some(data) = inner.and_then(|i| field(i, "data")) {
+        let mut texts = Vec::new();
+        collect_texts(data, &mut texts);
+        let first = texts.iter().find_map(|text| {
+            DOCUMENTED_INNER_CODES
+                .iter()
+                .filter_map(|c| find_word(text, c).map(|at| (at, *c)))
+                .min()
+        });
+        if let Some((_, code)) = first {
+            return Some(code.to_owned());
+        }
+    }
+    if let Some(code) = code.filter(|c| !c.trim().is_empty()) {
+        return Some(code.to_owned());
+    }
+    field(body, "code")
+        .and_then(Value::as_str)
+        .filter(|c| documented(c))
+        .map(str::to_owned)
+}
+
+/// Where `word` stands in `text` with no letter or digit glued to either side.
+fn find_word(text: &str, word: &str) -> Option<usize> {
+    text.match_indices(word).map(|(at, _)| at).find(|&at| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// Shortens `text` and blanks anything that looks like a JWT or a URL, so that an upstream
+/// message that echoes a key, a token or an address never reaches the caller.
+pub fn clean(text: &str) -> String {
+    let cleaned: Vec<&str> = text
+        .split_whitespace()
+        .map(|word| {
+            let secret_like = word.contains("eyJ")
+                || word.contains("://")
+                || (word.len() > 40 && word.matches('.').count() >= 2);
+            if secret_like {
+                "[redacted]"
+            } else {
+                word
+            }
+        })
+        .collect();
+    let joined = cleaned.join(" ");
+    match joined.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_code_is_found_inside_innererror_data() {
+        let body = br#"{"code":"Unauthorized","message":"Access denied","innererror":{"code":"AuthenticationFailure","message":"Auth failed","data":["MSA : { : InconsistentClientId : clientId differs, AuthenticationTokenInvalid later"]}}"#;
+        let parsed = ErrorBody::parse(body);
+        assert_eq!(parsed.inner_code.as_deref(), Some("InconsistentClientId"));
+        assert_eq!(parsed.message.as_deref(), Some("Auth failed"));
+    }
+
+    #[test]
+    fn documented_innererror_code_wins_and_undocumented_stands() {
+        let body =
+            br#"{"innerError":{"code":"PartnerAadTicketRequired","data":["InvalidParameter"]}}"#;
+        assert_eq!(
+            ErrorBody::parse(body).inner_code.as_deref(),
+            Some("PartnerAadTicketRequired")
+        );
+        let body = br#"{"innererror":{"code":"SomethingNew","data":[]}}"#;
+        assert_eq!(
+            ErrorBody::parse(body).inner_code.as_deref(),
+            Some("SomethingNew")
+        );
+        assert_eq!(ErrorBody::parse(b"<html>oops</html>").inner_code, None);
+    }
+
+    #[test]
+    fn named_fields_are_found_as_whole_words() {
+        let body = br#"{"code":"BadRequest","innererror":{"code":"InvalidParameter","data":["skuId : must be 4 characters"]}}"#;
+        let parsed = ErrorBody::parse(body);
+        assert_eq!(parsed.mentions(&["productId", "skuId"]), Some("skuId"));
+        assert_eq!(parsed.mentions(&["sku"]), None);
+    }
+
+    #[test]
+    fn tokens_and_urls_are_blanked() {
+        let text = "key eyJhbGciOi.eyJhdWQi.sig is bad at https://x.example/y";
+        assert_eq!(clean(text), "key [redacted] is bad at [redacted]");
+        assert!(clean(&"a ".repeat(400)).ends_with("..."));
+    }
+}

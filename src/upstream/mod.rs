@@ -1,0 +1,293 @@
+//! REST clients of the Store APIs: one shared, pooled HTTP client; one file per API.
+//! Nothing here knows about gRPC: answers and failures are plain typed values.
+
+mod business_store;
+mod error_body;
+mod keys;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+
+pub use business_store::{LicenseIds, OfflineLicense, ProductKey};
+pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
+pub use keys::KeyHost;
+
+use crate::config::Settings;
+
+/// Largest upstream answer body read; a larger one is treated as malformed.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The facade's `User-Agent` on every upstream request.
+pub const USER_AGENT: &str = concat!("msstore-facade/", env!("CARGO_PKG_VERSION"));
+
+/// The upstream correlation headers handed back to callers, in metadata order.
+pub const ID_HEADERS: [&str; 4] = ["ms-correlationid", "ms-requestid", "ms-cv", "ms-serverid"];
+
+/// Builds the one HTTP client the process shares (rustls, HTTP/1.1 and HTTP/2, pooled).
+pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("the HTTP client's fixed configuration is valid")
+}
+
+/// Correlation headers for one upstream attempt.
+#[derive(Debug, Clone)]
+pub struct Correlation {
+    /// The `MS-CV` value to send.
+    pub ms_cv: String,
+    /// The W3C `traceparent` value to send.
+    pub traceparent: String,
+}
+
+/// The upstream ids of one answer (`MS-CorrelationId`, `MS-RequestId`, `MS-CV`, `MS-ServerId`).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamIds([Option<HeaderValue>; 4]);
+
+impl UpstreamIds {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        Self(ID_HEADERS.map(|name| headers.get(name).cloned()))
+    }
+
+    /// The ids present, as (lower-case header name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
+        ID_HEADERS
+            .iter()
+            .zip(self.0.iter())
+            .filter_map(|(name, value)| value.as_ref().map(|v| (*name, v)))
+    }
+}
+
+/// A successful upstream answer.
+#[derive(Debug)]
+pub struct Answer<T> {
+    /// The decoded body.
+    pub value: T,
+    /// The upstream ids.
+    pub ids: UpstreamIds,
+    /// The HTTP status.
+    pub http_status: u16,
+}
+
+/// How the connection to an upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// No connection could be made (DNS, connect, TLS).
+    Connect,
+    /// The attempt ran past its timeout.
+    Timeout,
+    /// The connection broke before the whole answer arrived.
+    ConnectionLost,
+}
+
+/// Why an upstream call did not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The Store answered with a non-2xx status.
+    #[error("the Store answered HTTP {}", .0.http_status.as_u16())]
+    Status(Box<StatusFailure>),
+    /// No complete answer arrived.
+    #[error("{kind:?} talking to {host}")]
+    Transport {
+        /// The Store host, without port.
+        host: Arc<str>,
+        /// What failed.
+        kind: TransportFailure,
+    },
+    /// The Store answered 2xx with a body that does not parse.
+    #[error("the Store answered HTTP {http_status} with a body that is not {expected}")]
+    Malformed {
+        /// The Store host, without port.
+        host: Arc<str>,
+        /// The HTTP status.
+        http_status: u16,
+        /// The upstream ids.
+        ids: UpstreamIds,
+        /// What the body should have been.
+        expected: &'static str,
+    },
+}
+
+/// A non-2xx answer from the Store.
+#[derive(Debug)]
+pub struct StatusFailure {
+    /// The Store host, without port.
+    pub host: Arc<str>,
+    /// The HTTP status.
+    pub http_status: StatusCode,
+    /// The upstream ids.
+    pub ids: UpstreamIds,
+    /// The `Retry-After` header, as a duration from now.
+    pub retry_after: Option<Duration>,
+    /// What the error body says.
+    pub body: ErrorBody,
+}
+
+/// An upstream base URL, prepared once.
+#[derive(Debug, Clone)]
+struct Base {
+    prefix: String,
+    host: Arc<str>,
+}
+
+impl Base {
+    fn new(url: &Url) -> Self {
+        Self {
+            prefix: url.as_str().trim_end_matches('/').to_owned(),
+            host: url.host_str().unwrap_or_default().into(),
+        }
+    }
+}
+
+/// The client of both Store APIs, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StoreClient {
+    http: reqwest::Client,
+    business: Base,
+    collections: Base,
+    purchase: Base,
+    attempt_timeout: Duration,
+}
+
+impl StoreClient {
+    /// A client calling the base URLs of `settings` through `http`.
+    pub fn new(http: reqwest::Client, settings: &Settings) -> Self {
+        Self {
+            http,
+            business: Base::new(&settings.business_store_url),
+            collections: Base::new(&settings.collections_url),
+            purchase: Base::new(&settings.purchase_url),
+            attempt_timeout: settings.upstream_timeout,
+        }
+    }
+
+    /// Sends `request` and reads the whole answer, turning non-2xx into [`UpstreamError::Status`].
+    async fn exchange(
+        &self,
+        host: &Arc<str>,
+        request: reqwest::RequestBuilder,
+        correlation: &Correlation,
+    ) -> Result<(StatusCode, UpstreamIds, Bytes), UpstreamError> {
+        let transport = |kind| UpstreamError::Transport {
+            host: host.clone(),
+            kind,
+        };
+        let mut response = request
+            .header(HeaderName::from_static("ms-cv"), &correlation.ms_cv)
+            .header(
+                HeaderName::from_static("traceparent"),
+                &correlation.traceparent,
+            )
+            .timeout(self.attempt_timeout)
+            .send()
+            .await
+            .map_err(|e| transport(classify(&e)))?;
+        let status = response.status();
+        let ids = UpstreamIds::from_headers(response.headers());
+        let body = read_body(&mut response)
+            .await
+            .map_err(|failure| match failure {
+                BodyFailure::Transport(kind) => transport(kind),
+                BodyFailure::TooLarge => UpstreamError::Malformed {
+                    host: host.clone(),
+                    http_status: status.as_u16(),
+                    ids: ids.clone(),
+                    expected: "an answer of at most 4 MiB",
+                },
+            })?;
+        if status.is_success() {
+            return Ok((status, ids, body));
+        }
+        Err(UpstreamError::Status(Box::new(StatusFailure {
+            host: host.clone(),
+            http_status: status,
+            retry_after: retry_after(response.headers()),
+            ids,
+            body: ErrorBody::parse(&body),
+        })))
+    }
+}
+
+enum BodyFailure {
+    Transport(TransportFailure),
+    TooLarge,
+}
+
+async fn read_body(response: &mut reqwest::Response) -> Result<Bytes, BodyFailure> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_BODY_BYTES as u64)
+    {
+        return Err(BodyFailure::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyFailure::Transport(classify(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(BodyFailure::TooLarge);
+        }
+        if body.is_empty() && response.content_length().is_none() {
+            body.reserve(chunk.len());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+fn classify(error: &reqwest::Error) -> TransportFailure {
+    if error.is_timeout() {
+        TransportFailure::Timeout
+    } else if error.is_connect() {
+        TransportFailure::Connect
+    } else {
+        TransportFailure::ConnectionLost
+    }
+}
+
+/// Reads `Retry-After` as delay-seconds or an HTTP date, as a duration from now.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(retry_after: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(RETRY_AFTER, HeaderValue::from_str(retry_after).unwrap());
+        map
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let parsed = retry_after(&headers(&httpdate::fmt_http_date(later))).unwrap();
+        assert!(parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120));
+        let past = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH);
+        assert_eq!(retry_after(&headers(&past)), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+}
