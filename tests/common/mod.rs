@@ -1,0 +1,365 @@
+//! The one test fixture: the real facade on `127.0.0.1:0`, called through the generated tonic
+//! clients, with real HTTP upstreams (wiremock) on loopback for the token endpoint, the Store
+//! for Business, and the collections and purchase hosts.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use msstore_facade::config::{CredentialSource, Credentials};
+use msstore_facade::proto::msstore::v1 as pb;
+use msstore_facade::Settings;
+use pb::store_entitlements_client::StoreEntitlementsClient;
+use pb::store_keys_client::StoreKeysClient;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+/// The tenant the facade is configured for.
+pub const TENANT: &str = "contoso.onmicrosoft.com";
+/// The facade's client id.
+pub const CLIENT_ID: &str = "6f1b2c3d-0000-4000-8000-00000000c11e";
+/// The facade's client secret: must never appear in a log line or an error.
+pub const CLIENT_SECRET: &str = "client-secret-Zq8~never-log-me";
+/// The access token the token endpoint hands out (with a counter suffix).
+pub const TOKEN_PREFIX: &str = "eyJ0eXAiOiJKV1QifQ.access-token-never-log-me";
+/// The audience of collections keys.
+pub const COLLECTIONS_AUD: &str = "https://collections.mp.microsoft.com/v6.0/keys";
+/// The audience of purchase keys.
+pub const PURCHASE_AUD: &str = "https://purchase.mp.microsoft.com/v6.0/keys";
+
+/// Which credential the facade is started with.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// None: callers must bring a service ticket.
+    None,
+    /// `AZURE_CLIENT_SECRET`.
+    Secret,
+    /// `AZURE_FEDERATED_TOKEN_FILE` at this path.
+    FederatedFile(PathBuf),
+}
+
+/// Builds a [`Harness`].
+pub struct HarnessBuilder {
+    credential: Credential,
+    max_request_bytes: usize,
+    upstream_timeout: Duration,
+}
+
+impl HarnessBuilder {
+    /// The facade's credential.
+    pub fn credential(mut self, credential: Credential) -> Self {
+        self.credential = credential;
+        self
+    }
+
+    /// The request size limit.
+    pub fn max_request_bytes(mut self, limit: usize) -> Self {
+        self.max_request_bytes = limit;
+        self
+    }
+
+    /// The per-attempt upstream timeout.
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = timeout;
+        self
+    }
+
+    /// Starts the upstreams and the facade.
+    pub async fn start(self) -> Harness {
+        let (token, business, collections, purchase) = tokio::join!(
+            MockServer::start(),
+            MockServer::start(),
+            MockServer::start(),
+            MockServer::start()
+        );
+        let mut settings = Settings::for_upstream(&business.uri()).expect("valid base URL");
+        settings.collections_url = collections.uri().parse().unwrap();
+        settings.purchase_url = purchase.uri().parse().unwrap();
+        settings.authority_host = token.uri().parse().unwrap();
+        settings.max_request_bytes = self.max_request_bytes;
+        settings.upstream_timeout = self.upstream_timeout;
+        let source = match self.credential {
+            Credential::None => None,
+            Credential::Secret => Some(CredentialSource::ClientSecret(SecretString::from(
+                CLIENT_SECRET,
+            ))),
+            Credential::FederatedFile(path) => Some(CredentialSource::FederatedTokenFile(path)),
+        };
+        settings.credentials = source.map(|source| Credentials {
+            tenant_id: msstore_facade::auth::TenantId::parse(TENANT).unwrap(),
+            client_id: CLIENT_ID.to_owned(),
+            source,
+        });
+        let facade = Facade::start(settings).await;
+        Harness {
+            token,
+            business,
+            collections,
+            purchase,
+            facade,
+        }
+    }
+}
+
+/// A running facade and its clients.
+pub struct Facade {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A channel to it.
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), msstore_facade::server::ServeError>>>,
+}
+
+impl Facade {
+    /// Serves `settings` on an ephemeral loopback port.
+    pub async fn start(settings: Settings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(msstore_facade::serve(settings, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("facade accepts connections");
+        Self {
+            addr,
+            channel,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Asks the server to shut down; returns when it has stopped.
+    pub async fn shutdown(&mut self) -> Result<(), msstore_facade::server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task does not panic"),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the server to shut down without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server task after [`Facade::begin_shutdown`].
+    pub async fn stopped(&mut self) -> Result<(), msstore_facade::server::ServeError> {
+        match self.task.take() {
+            Some(task) => task.await.expect("server task does not panic"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The facade between the test and four loopback upstreams.
+pub struct Harness {
+    /// Entra token endpoint.
+    pub token: MockServer,
+    /// Store for Business.
+    pub business: MockServer,
+    /// Collections host.
+    pub collections: MockServer,
+    /// Purchase host.
+    pub purchase: MockServer,
+    /// The facade.
+    pub facade: Facade,
+}
+
+impl Harness {
+    /// A builder with client-secret credentials, a 1 MiB request limit, 10 s upstream timeout.
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder {
+            credential: Credential::Secret,
+            max_request_bytes: 1024 * 1024,
+            upstream_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A facade with client-secret credentials whose token endpoint hands out tokens.
+    pub async fn start() -> Self {
+        let harness = Self::builder().start().await;
+        harness.mount_token(3599).await;
+        harness
+    }
+
+    /// A `StoreEntitlements` client.
+    pub fn entitlements(&self) -> StoreEntitlementsClient<Channel> {
+        StoreEntitlementsClient::new(self.facade.channel.clone())
+    }
+
+    /// A `StoreKeys` client.
+    pub fn keys(&self) -> StoreKeysClient<Channel> {
+        StoreKeysClient::new(self.facade.channel.clone())
+    }
+
+    /// The token endpoint answers every request with a new token living `expires_in` seconds
+    /// (`<TOKEN_PREFIX>-1`, `-2`, ... in request order).
+    pub async fn mount_token(&self, expires_in: u64) {
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
+            .respond_with(move |_: &Request| {
+                let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "token_type": "Bearer",
+                    "expires_in": expires_in,
+                    "access_token": format!("{TOKEN_PREFIX}-{n}"),
+                }))
+            })
+            .mount(&self.token)
+            .await;
+    }
+
+    /// The token requests received so far, as decoded forms.
+    pub async fn token_requests(&self) -> Vec<(String, Vec<(String, String)>)> {
+        self.token
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.url.path().to_owned(), form(&r.body)))
+            .collect()
+    }
+
+    /// The Store for Business answers every offline-license request with `template`.
+    pub async fn mount_license(&self, template: ResponseTemplate) {
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/V1/Products/"))
+            .respond_with(template)
+            .mount(&self.business)
+            .await;
+    }
+
+    /// Both key hosts answer every renew request with `template`.
+    pub async fn mount_renew(&self, template: ResponseTemplate) {
+        for server in [&self.collections, &self.purchase] {
+            Mock::given(method("POST"))
+                .and(path("/v6.0/b2b/keys/renew"))
+                .respond_with(template.clone())
+                .mount(server)
+                .await;
+        }
+    }
+
+    /// Requests received by `server`.
+    pub async fn requests(server: &MockServer) -> Vec<Request> {
+        server.received_requests().await.unwrap_or_default()
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body.
+pub fn form(body: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// A well-formed `OfflineLicense` body.
+pub fn license_body() -> Value {
+    json!({
+        "productKey": {"productId": "9NBLGGH4R2R6", "skuId": "0016"},
+        "licenseBlob": "PExpY2Vuc2U+c2lnbmVkPC9MaWNlbnNlPg==",
+        "licenseInstanceId": "3",
+        "requestorId": "contoso",
+        "contentId": "c-1",
+        "futureField": {"ignored": true}
+    })
+}
+
+/// A JWT-shaped Store key (unsigned) with these claims.
+pub fn store_key(aud: &str, iat: i64, exp: i64) -> String {
+    jwt(&json!({
+        "aud": aud,
+        "iss": aud,
+        "iat": iat,
+        "nbf": iat,
+        "exp": exp,
+        "http://schemas.microsoft.com/marketplace/2015/08/claims/key/clientId": CLIENT_ID,
+        "http://schemas.microsoft.com/marketplace/2015/08/claims/key/refreshUri": "https://refresh.invalid/never-called",
+        "http://schemas.microsoft.com/marketplace/2015/08/claims/key/payload": "opaque",
+    }))
+}
+
+/// A JWT (header `RS256`, signature bytes fixed) with `claims` as payload.
+pub fn jwt(claims: &Value) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(b"signature-bytes")
+    )
+}
+
+/// A ServiceError body as the Store sends it, the inner code only inside `innererror.data`.
+pub fn service_error(code: &str, inner_code: &str) -> Value {
+    json!({
+        "code": code,
+        "message": "The request failed.",
+        "source": "b2b",
+        "data": [],
+        "details": [],
+        "innererror": {
+            "code": "AuthenticationFailure",
+            "message": "Authentication failed.",
+            "source": "auth",
+            "details": [],
+            "data": [format!("MSA : {{ : {inner_code} : Details of {inner_code} }}")]
+        }
+    })
+}
+
+/// A valid request for an offline license.
+pub fn license_request() -> pb::GetOfflineLicenseRequest {
+    pb::GetOfflineLicenseRequest {
+        product_id: "9NBLGGH4R2R6".into(),
+        sku_id: "0016".into(),
+        content_id: "c-1".into(),
+        tenant_id: String::new(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The ErrorInfo of `status`, which every facade error must carry.
+pub fn error_info(status: &tonic::Status) -> tonic_types::ErrorInfo {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"))
+}
+
+/// The BadRequest field names of `status`.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// The RetryInfo delay of `status`.
+pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
