@@ -60,6 +60,11 @@ pub struct Cli {
     #[arg(long, env = "MSSTORE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish before the process exits
+    /// anyway (e.g. `25s`, `500ms`); keep it below the pod's termination grace period.
+    #[arg(long, env = "MSSTORE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Log line format.
     #[arg(long, env = "MSSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -140,8 +145,10 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// Request message size limit in bytes.
     pub max_request_bytes: usize,
-    /// Timeout of one upstream attempt when the caller sets no deadline.
+    /// Timeout of one upstream attempt (a caller's deadline can cut it shorter).
     pub upstream_timeout: Duration,
+    /// How long calls in flight may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -186,6 +193,7 @@ impl Settings {
             credentials: credentials(azure)?,
             max_request_bytes: cli.max_request_bytes,
             upstream_timeout: Duration::from_secs(10),
+            shutdown_grace: cli.shutdown_grace,
             log_format: cli.log_format,
         })
     }
@@ -202,6 +210,7 @@ impl Settings {
             credentials: None,
             max_request_bytes: 1024 * 1024,
             upstream_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(25),
             log_format: LogFormat::Text,
         })
     }

@@ -2,6 +2,7 @@
 //! remapping, served until shutdown.
 
 use std::future::Future;
+use std::time::Instant;
 
 use http::HeaderMap;
 use tokio::net::TcpListener;
@@ -9,7 +10,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::{Backends, EntitlementsService, KeysService};
+use crate::api::{Arrival, Backends, EntitlementsService, KeysService};
 use crate::auth::TokenProvider;
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -47,7 +48,8 @@ pub fn backends(settings: &Settings) -> Backends {
 }
 
 /// Serves gRPC on `listener` until `shutdown` completes; then health turns NOT_SERVING,
-/// new connections are refused and calls in flight finish.
+/// new connections are refused and calls in flight get `settings.shutdown_grace` to finish
+/// (long-lived streams such as health `Watch` would otherwise hold the process forever).
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
@@ -74,6 +76,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let grace = settings.shutdown_grace;
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         for name in [""].into_iter().chain(SERVICE_NAMES) {
@@ -81,10 +85,20 @@ pub async fn serve(
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        tracing::info!("shutting down: health NOT_SERVING, finishing calls in flight");
+        tracing::info!(
+            ?grace,
+            "shutting down: health NOT_SERVING, finishing calls in flight"
+        );
+        let _ = draining_tx.send(());
     };
-    Server::builder()
+    let server = Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: http::Request<tonic::body::Body>| {
+                request.extensions_mut().insert(Arrival(Instant::now()));
+                request
+            },
+        ))
         .layer(tower::util::MapResponseLayer::new(
             move |mut response: http::Response<tonic::body::Body>| {
                 remap_size_limit(response.headers_mut(), limit);
@@ -99,9 +113,22 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
-        )
-        .await?;
-    Ok(())
+        );
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        Ok(()) = draining_rx => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "shutdown grace period over: closing the calls still open"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// tonic answers an over-limit request message with OUT_OF_RANGE; the contract says

@@ -18,6 +18,12 @@ use crate::upstream::{Answer, Correlation, UpstreamIds};
 /// DEADLINE_EXCEEDED itself before the caller's clock (and tonic's own timer) runs out.
 const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
+/// When the request's headers reached the server, stamped by the server's outermost layer:
+/// the caller's deadline runs from there (as tonic's own timer does), not from when the
+/// handler first got to run, which can be much later on a loaded machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
 /// Per-call state: correlation and the last upstream HTTP status.
 pub struct CallContext {
     method: &'static str,
@@ -89,6 +95,9 @@ impl CallContext {
     pub fn begin<Req>(method: &'static str, request: Request<Req>) -> (Self, Req) {
         let mut context = Self::from_metadata(request.metadata());
         context.method = method;
+        if let Some(Arrival(at)) = request.extensions().get::<Arrival>() {
+            context.started = *at;
+        }
         context.budget = request
             .metadata()
             .get("grpc-timeout")
@@ -106,7 +115,8 @@ impl CallContext {
         let outcome = match self.budget {
             Some(budget) => {
                 let margin = (budget / 10).min(MAX_DEADLINE_MARGIN);
-                tokio::time::timeout(budget - margin, work)
+                let deadline = tokio::time::Instant::from_std(self.started) + (budget - margin);
+                tokio::time::timeout_at(deadline, work)
                     .await
                     .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
             }

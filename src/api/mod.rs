@@ -6,7 +6,7 @@ mod entitlements;
 mod keys;
 mod validation;
 
-pub use call::{grpc_timeout, CallContext};
+pub use call::{grpc_timeout, Arrival, CallContext};
 pub use entitlements::EntitlementsService;
 pub use keys::KeysService;
 

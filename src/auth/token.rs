@@ -309,13 +309,21 @@ fn token_from_answer(
     let parsed: TokenErrorBody = serde_json::from_slice(body).unwrap_or_default();
     Err(TokenError::Rejected {
         http_status: status.as_u16(),
-        error: if parsed.error.is_empty() {
-            format!("HTTP {}", status.as_u16())
+        // OAuth error codes are short snake_case words; anything else is not echoed.
+        error: if is_oauth_code(&parsed.error) {
+            parsed.error
         } else {
-            parsed.error.chars().take(64).collect()
+            format!("HTTP {}", status.as_u16())
         },
         aadsts: parsed.error_codes.first().map(|c| format!("AADSTS{c}")),
     })
+}
+
+fn is_oauth_code(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]

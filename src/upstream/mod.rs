@@ -193,17 +193,21 @@ impl StoreClient {
             .map_err(|e| transport(classify(&e)))?;
         let status = response.status();
         let ids = UpstreamIds::from_headers(response.headers());
-        let body = read_body(&mut response)
-            .await
-            .map_err(|failure| match failure {
-                BodyFailure::Transport(kind) => transport(kind),
-                BodyFailure::TooLarge => UpstreamError::Malformed {
+        let body = match read_body(&mut response).await {
+            Ok(body) => body,
+            // A non-2xx answer is mapped on its status; its body only adds detail, so one
+            // that is too large or cut off is treated as empty.
+            Err(_) if !status.is_success() => Bytes::new(),
+            Err(BodyFailure::Transport(kind)) => return Err(transport(kind)),
+            Err(BodyFailure::TooLarge) => {
+                return Err(UpstreamError::Malformed {
                     host: host.clone(),
                     http_status: status.as_u16(),
                     ids: ids.clone(),
                     expected: "an answer of at most 4 MiB",
-                },
-            })?;
+                })
+            }
+        };
         if status.is_success() {
             return Ok((status, ids, body));
         }

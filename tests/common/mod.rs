@@ -51,9 +51,16 @@ pub struct HarnessBuilder {
     credential: Credential,
     max_request_bytes: usize,
     upstream_timeout: Duration,
+    shutdown_grace: Duration,
 }
 
 impl HarnessBuilder {
+    /// How long calls in flight may run after shutdown begins.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// The facade's credential.
     pub fn credential(mut self, credential: Credential) -> Self {
         self.credential = credential;
@@ -86,6 +93,7 @@ impl HarnessBuilder {
         settings.authority_host = token.uri().parse().unwrap();
         settings.max_request_bytes = self.max_request_bytes;
         settings.upstream_timeout = self.upstream_timeout;
+        settings.shutdown_grace = self.shutdown_grace;
         let source = match self.credential {
             Credential::None => None,
             Credential::Secret => Some(CredentialSource::ClientSecret(SecretString::from(
@@ -189,6 +197,7 @@ impl Harness {
             credential: Credential::Secret,
             max_request_bytes: 1024 * 1024,
             upstream_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 
@@ -244,6 +253,16 @@ impl Harness {
             .and(path_regex(r"^/V1/Products/"))
             .respond_with(template)
             .mount(&self.business)
+            .await;
+    }
+
+    /// `server` answers its next POST with `template`, before any other mock.
+    pub async fn answer_next_once(server: &MockServer, template: ResponseTemplate) {
+        Mock::given(method("POST"))
+            .respond_with(template)
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(server)
             .await;
     }
 

@@ -1,0 +1,484 @@
+//! The polyglot callers' view: a Python gRPC client (`tests/python/client.py`), with stubs it
+//! generates from `proto/` at run time, calls the real facade and decodes its rich error details
+//! the way Python callers do (`grpc_status.rpc_status.from_call`, `google.rpc.error_details_pb2`).
+//!
+//! The client runs in a virtualenv at `<target dir>/python-venv`, built on first use from the
+//! pinned `tests/python/requirements.txt` and reused after that. It needs `python3` (3.10 or
+//! newer, with the `venv` module) on `PATH` and PyPI to build the venv once; without them the
+//! test fails, it never skips. Only loopback addresses are called.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+/// The pinned client stack; its text is part of the venv's stamp, so changing a pin rebuilds.
+const REQUIREMENTS: &str = include_str!("python/requirements.txt");
+/// Written last into a finished venv: a venv without it (or with another stamp) is rebuilt.
+const MARKER: &str = ".msstore-facade-venv-ready";
+
+/// A caller-supplied correlation vector (a v1 base of 16 characters).
+const CALLER_MS_CV: &str = "PythonCaller0001.3";
+/// A caller's own service ticket: must never come back in a message.
+const CALLER_TICKET: &str = "caller-ticket-py-never-echo-me";
+
+/// The interpreter of the client's virtualenv, created or rebuilt when needed.
+fn python_venv() -> PathBuf {
+    let base_version = base_python_version();
+    let stamp = format!(
+        "requirements fnv1a64={:016x}\nbase {base_version}\n{REQUIREMENTS}",
+        fnv1a64(REQUIREMENTS.as_bytes())
+    );
+    let target = target_dir();
+    let venv = target.join("python-venv");
+    if is_ready(&venv, &stamp) {
+        return venv.join("bin").join("python");
+    }
+
+    // Built beside the final place and moved in whole once finished, so a build that dies
+    // half-way is never taken for a venv, and two test runs racing each other both end up
+    // with a complete one. Only `bin/python -m ...` is ever run, which does not mind the move.
+    let started = Instant::now();
+    std::fs::create_dir_all(&target).expect("create the target dir");
+    remove_abandoned_builds(&target);
+    let staging = target.join(format!("python-venv.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&staging),
+        "python3 -m venv (Debian: apt-get install python3-venv)",
+    );
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/requirements.txt");
+    run(
+        Command::new(staging.join("bin").join("python"))
+            .args(["-m", "pip", "install", "--no-input", "--require-virtualenv"])
+            .args(["--disable-pip-version-check", "--only-binary=:all:", "-r"])
+            .arg(&requirements),
+        "pip install -r tests/python/requirements.txt",
+    );
+    std::fs::write(staging.join(MARKER), &stamp).expect("write the venv marker");
+    if venv.exists() && !is_ready(&venv, &stamp) {
+        std::fs::remove_dir_all(&venv).expect("remove the stale venv");
+    }
+    if std::fs::rename(&staging, &venv).is_err() {
+        // Another run moved its own finished venv in first.
+        assert!(
+            is_ready(&venv, &stamp),
+            "could not move {} to {}",
+            staging.display(),
+            venv.display()
+        );
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    eprintln!(
+        "created {} in {:.1} s",
+        venv.display(),
+        started.elapsed().as_secs_f64()
+    );
+    venv.join("bin").join("python")
+}
+
+/// Removes staging dirs that runs killed mid-build left behind (untouched for an hour).
+fn remove_abandoned_builds(target: &Path) {
+    let Ok(entries) = std::fs::read_dir(target) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+        if abandoned
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("python-venv.building-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// `CARGO_TARGET_DIR` (relative to the package, as cargo reads it) or `<package>/target`.
+fn target_dir() -> PathBuf {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => package.join(dir),
+        _ => package.join("target"),
+    }
+}
+
+fn is_ready(venv: &Path, stamp: &str) -> bool {
+    venv.join("bin").join("python").exists()
+        && std::fs::read_to_string(venv.join(MARKER)).is_ok_and(|text| text == stamp)
+}
+
+/// `python3 --version`, failing clearly when there is none or it is too old for grpcio.
+fn base_python_version() -> String {
+    let output = Command::new("python3")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the polyglot test needs python3 (CPython 3.10 or newer with the venv module) \
+                 on PATH: running `python3 --version` failed: {e}"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let version = text.trim().trim_start_matches("Python ").to_owned();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        output.status.success() && (major, minor) >= (3, 10),
+        "the polyglot test needs python3 >= 3.10 (the pinned grpcio wheels need it); \
+         `python3 --version` said {text:?}"
+    );
+    version
+}
+
+/// Runs `command` to completion, panicking with its output when it fails.
+fn run(command: &mut Command, what: &str) -> Output {
+    let output = python_env(command)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The environment of every Python process: nothing from the caller's Python setup leaks in.
+fn python_env(command: &mut Command) -> &mut Command {
+    command
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME")
+        .env_remove("PIP_USER")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+}
+
+/// 64-bit FNV-1a: a hash that stays the same across Rust releases.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Runs the Python client against `addr` with `scenarios`; returns its results by name.
+fn run_client(
+    python: &Path,
+    addr: std::net::SocketAddr,
+    scenarios: &Value,
+) -> HashMap<String, Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
+    let mut child = python_env(&mut Command::new(python))
+        .arg(&script)
+        .arg(addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Python client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scenarios.to_string().as_bytes())
+        .expect("send the scenarios");
+    let output = child
+        .wait_with_output()
+        .expect("wait for the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python client failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // Shown only when the test fails (the harness captures it otherwise).
+    eprintln!("--- Python client results\n{stdout}--- stderr\n{stderr}");
+    let results: HashMap<String, Value> = stdout
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n--- stderr\n{stderr}"));
+            (value["name"].as_str().unwrap().to_owned(), value)
+        })
+        .collect();
+    let expected = scenarios.as_array().unwrap().len();
+    assert_eq!(
+        results.len(),
+        expected,
+        "one result per scenario:\n{stdout}"
+    );
+    results
+}
+
+/// An upstream answer carrying the Store's id headers, with `correlation` as MS-CorrelationId.
+fn with_ids(template: ResponseTemplate, correlation: &str) -> ResponseTemplate {
+    template
+        .insert_header("MS-CorrelationId", correlation)
+        .insert_header("MS-RequestId", "req-py")
+        .insert_header("MS-CV", "xu2HW6SrSkyfHyFh.0.1.0")
+        .insert_header("MS-ServerId", "server-py")
+}
+
+fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no text at {pointer} in {value:#}"))
+}
+
+fn strings(value: &Value, pointer: &str) -> Vec<String> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no list at {pointer} in {value:#}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts the common shape of a failed call as Python sees it: the code, an ErrorInfo with
+/// an UPPER_SNAKE reason and the given domain, and decodable details.
+fn assert_error(result: &Value, code: &str, domain: &str) {
+    assert_eq!(text(result, "/code"), code, "{result:#}");
+    assert_eq!(
+        result["status_details"], true,
+        "no rich details: {result:#}"
+    );
+    assert_eq!(text(result, "/error_info/domain"), domain, "{result:#}");
+    let reason = text(result, "/error_info/reason");
+    assert!(
+        !reason.is_empty()
+            && reason
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+        "reason {reason:?} is not UPPER_SNAKE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_callers_see_answers_codes_and_rich_details() {
+    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+
+    let h = Harness::start().await;
+    let store_host = url::Url::parse(&h.business.uri())
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_owned();
+    let issued = now();
+    let old_key = store_key(COLLECTIONS_AUD, issued - 86_400, issued + 89 * 86_400);
+    let new_exp = issued + 90 * 86_400;
+    let new_key = store_key(COLLECTIONS_AUD, issued, new_exp);
+    let purchase_key = store_key(PURCHASE_AUD, issued - 86_400, issued + 89 * 86_400);
+
+    Mock::given(method("POST"))
+        .and(path("/V1/Products/9NBLGGH4R2R6/0016/OfflineLicense/c-1"))
+        .respond_with(with_ids(
+            ResponseTemplate::new(200).set_body_json(license_body()),
+            "corr-license",
+        ))
+        .mount(&h.business)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/V1/Products/9THROTTLED/"))
+        .respond_with(with_ids(
+            ResponseTemplate::new(429).insert_header("Retry-After", "7"),
+            "corr-throttled",
+        ))
+        .mount(&h.business)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v6.0/b2b/keys/renew"))
+        .respond_with(with_ids(
+            ResponseTemplate::new(200).set_body_json(json!({ "key": new_key })),
+            "corr-renew",
+        ))
+        .mount(&h.collections)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v6.0/b2b/keys/renew"))
+        .respond_with(with_ids(
+            ResponseTemplate::new(401)
+                .set_body_json(service_error("Unauthorized", "InconsistentClientId")),
+            "corr-denied",
+        ))
+        .mount(&h.purchase)
+        .await;
+
+    const LICENSE: &str = "msstore.v1.StoreEntitlements/GetOfflineLicense";
+    const RENEW: &str = "msstore.v1.StoreKeys/RenewKey";
+    let scenarios = json!([
+        {
+            "name": "license_ok", "method": LICENSE,
+            "request": {"product_id": "9NBLGGH4R2R6", "sku_id": "0016", "content_id": "c-1"},
+            "metadata": {"ms-cv": CALLER_MS_CV},
+        },
+        {
+            "name": "renew_ok", "method": RENEW,
+            "request": {"key": old_key},
+        },
+        {
+            // A deadline shorter than Retry-After: the facade cannot retry within it and must
+            // hand the 429 on at once, with the Store's delay.
+            "name": "license_throttled", "method": LICENSE,
+            "request": {"product_id": "9THROTTLED", "sku_id": "0016", "content_id": "c-1"},
+            "timeout": 3,
+        },
+        {
+            "name": "license_invalid", "method": LICENSE,
+            "request": {"product_id": "9NBLGGH4R2R6", "sku_id": "", "content_id": ".."},
+        },
+        {
+            "name": "renew_type_conflict", "method": RENEW,
+            "request": {"key": old_key, "key_type": "KEY_TYPE_PURCHASE"},
+        },
+        {
+            "name": "renew_denied", "method": RENEW,
+            "request": {"key": purchase_key, "service_ticket": CALLER_TICKET},
+        },
+    ]);
+    let addr = h.facade.addr;
+    let results = tokio::task::spawn_blocking(move || run_client(&python, addr, &scenarios))
+        .await
+        .unwrap();
+    let result = |name: &str| &results[name];
+
+    // GetOfflineLicense: the decoded license and the upstream ids as initial metadata.
+    let ok = result("license_ok");
+    assert_eq!(text(ok, "/code"), "OK", "{ok:#}");
+    let license = &ok["response"];
+    assert_eq!(
+        text(license, "/license_blob"),
+        "PExpY2Vuc2U+c2lnbmVkPC9MaWNlbnNlPg=="
+    );
+    assert_eq!(text(license, "/product_key/product_id"), "9NBLGGH4R2R6");
+    assert_eq!(text(license, "/product_key/sku_id"), "0016");
+    assert_eq!(text(license, "/license_instance_id"), "3");
+    assert_eq!(text(license, "/requestor_id"), "contoso");
+    assert_eq!(text(license, "/content_id"), "c-1");
+    assert_eq!(
+        text(ok, "/initial_metadata/ms-correlationid"),
+        "corr-license"
+    );
+    assert_eq!(text(ok, "/initial_metadata/ms-requestid"), "req-py");
+    assert_eq!(text(ok, "/initial_metadata/ms-serverid"), "server-py");
+    assert_eq!(
+        text(ok, "/initial_metadata/ms-cv"),
+        "xu2HW6SrSkyfHyFh.0.1.0"
+    );
+    // The Python caller's ms-cv was extended into the upstream MS-CV.
+    let sent = Harness::requests(&h.business).await;
+    let license_request = sent
+        .iter()
+        .find(|r| r.url.path().starts_with("/V1/Products/9NBLGGH4R2R6/"))
+        .expect("the license request reached the Store");
+    let upstream_cv = license_request.headers["ms-cv"].to_str().unwrap();
+    assert!(
+        upstream_cv.starts_with(&format!("{CALLER_MS_CV}.")),
+        "{upstream_cv}"
+    );
+
+    // RenewKey: the new key, the inferred type and the decoded timestamps.
+    let renewed = result("renew_ok");
+    assert_eq!(text(renewed, "/code"), "OK", "{renewed:#}");
+    assert_eq!(text(renewed, "/response/key"), new_key);
+    assert_eq!(text(renewed, "/response/key_type"), "KEY_TYPE_COLLECTIONS");
+    assert_eq!(renewed["timestamps"]["expires_at"], json!(new_exp));
+    assert_eq!(
+        renewed["timestamps"]["refresh_after"],
+        json!(issued + 14 * 86_400)
+    );
+    assert_eq!(
+        text(renewed, "/initial_metadata/ms-correlationid"),
+        "corr-renew"
+    );
+
+    // 429: RESOURCE_EXHAUSTED from the Store's domain, RetryInfo = Retry-After, ids trailing.
+    let throttled = result("license_throttled");
+    assert_error(throttled, "RESOURCE_EXHAUSTED", &store_host);
+    assert_eq!(
+        throttled["retry_delay_seconds"],
+        json!(7.0),
+        "{throttled:#}"
+    );
+    assert_eq!(text(throttled, "/error_info/metadata/http_status"), "429");
+    assert_eq!(
+        text(throttled, "/error_info/metadata/ms_correlationid"),
+        "corr-throttled"
+    );
+    assert_eq!(
+        text(throttled, "/trailing_metadata/ms-correlationid"),
+        "corr-throttled"
+    );
+    assert_eq!(
+        text(throttled, "/trailing_metadata/ms-serverid"),
+        "server-py"
+    );
+
+    // Local validation: one BadRequest violation per bad field, proto field names.
+    let invalid = result("license_invalid");
+    assert_error(invalid, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(text(invalid, "/error_info/reason"), "INVALID_REQUEST");
+    assert_eq!(
+        strings(invalid, "/bad_request_fields"),
+        ["sku_id", "content_id"]
+    );
+    assert!(invalid.get("retry_delay_seconds").is_none(), "{invalid:#}");
+
+    let conflict = result("renew_type_conflict");
+    assert_error(conflict, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(strings(conflict, "/bad_request_fields"), ["key_type"]);
+    assert!(!text(conflict, "/message").contains(&old_key));
+
+    // The Store's 401 with its inner code, through the caller's own ticket.
+    let denied = result("renew_denied");
+    assert_error(denied, "UNAUTHENTICATED", &store_host);
+    assert_eq!(text(denied, "/error_info/reason"), "INCONSISTENT_CLIENT_ID");
+    assert_eq!(text(denied, "/error_info/metadata/http_status"), "401");
+    assert_eq!(
+        text(denied, "/trailing_metadata/ms-correlationid"),
+        "corr-denied"
+    );
+    for secret in [CALLER_TICKET, purchase_key.as_str()] {
+        assert!(
+            !denied.to_string().contains(secret),
+            "a secret came back: {denied:#}"
+        );
+    }
+
+    // Validation failures never reached a Store; the good calls reached the right hosts.
+    let license_paths: Vec<String> = Harness::requests(&h.business)
+        .await
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert!(
+        license_paths
+            .iter()
+            .all(|p| p == "/V1/Products/9NBLGGH4R2R6/0016/OfflineLicense/c-1"
+                || p.starts_with("/V1/Products/9THROTTLED/")),
+        "{license_paths:?}"
+    );
+    assert_eq!(Harness::requests(&h.collections).await.len(), 1);
+    assert_eq!(Harness::requests(&h.purchase).await.len(), 1);
+}

@@ -1,0 +1,390 @@
+//! The server around the two services: health, reflection, graceful shutdown, and the binary's
+//! configuration handling and signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use wiremock::ResponseTemplate;
+
+const SERVICES: [&str; 3] = ["", "msstore.v1.StoreEntitlements", "msstore.v1.StoreKeys"];
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_both_services() {
+    let h = Harness::start().await;
+    let mut health = HealthClient::new(h.facade.channel.clone());
+    for service in SERVICES {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "msstore.v1.Nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_every_service() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let h = Harness::start().await;
+    let expected = [
+        "grpc.health.v1.Health",
+        "msstore.v1.StoreEntitlements",
+        "msstore.v1.StoreKeys",
+    ];
+
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(h.facade.channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = stream.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("unexpected answer {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in expected {
+        assert!(
+            names.iter().any(|n| n == name),
+            "v1 lacks {name}: {names:?}"
+        );
+    }
+
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(h.facade.channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "msstore.v1.StoreKeys".into(),
+            ),
+        ),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = stream.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        answer.message_response
+    else {
+        panic!("unexpected answer {answer:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::iter([item])
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_and_finishes_calls_in_flight() {
+    let mut h = Harness::start().await;
+    h.mount_license(
+        ResponseTemplate::new(200)
+            .set_body_json(license_body())
+            .set_delay(Duration::from_millis(500)),
+    )
+    .await;
+    let mut health = HealthClient::new(h.facade.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let mut client = h.entitlements();
+    let in_flight =
+        tokio::spawn(async move { client.get_offline_license(license_request()).await });
+    // Shut down only once the call has reached the upstream.
+    while Harness::requests(&h.business).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.facade.begin_shutdown();
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    let answer = in_flight.await.unwrap();
+    assert!(answer.is_ok(), "in-flight call was cut: {answer:?}");
+    drop(watch);
+    h.facade.stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_how_long_open_calls_hold_the_server() {
+    let mut h = Harness::builder()
+        .shutdown_grace(Duration::from_millis(300))
+        .upstream_timeout(Duration::from_secs(120))
+        .start()
+        .await;
+    h.mount_token(3599).await;
+    h.mount_license(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
+        .await;
+    let mut client = h.entitlements();
+    let stuck = tokio::spawn(async move { client.get_offline_license(license_request()).await });
+    while Harness::requests(&h.business).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.facade.begin_shutdown();
+    // Generous bound: the point is that it ends at all, long before the upstream's 120 s.
+    tokio::time::timeout(Duration::from_secs(60), h.facade.stopped())
+        .await
+        .expect("server stops after its grace period")
+        .unwrap();
+    // In the binary, returning from `serve` ends the process and with it the open call (see
+    // the process test below); here the test's runtime lives on, so end the client side.
+    stuck.abort();
+}
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_msstore-facade"));
+    for name in [
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_AUTHORITY_HOST",
+        "MSSTORE_GRPC_ADDR",
+        "MSSTORE_BUSINESS_STORE_URL",
+        "MSSTORE_COLLECTIONS_URL",
+        "MSSTORE_PURCHASE_URL",
+        "MSSTORE_LOG_FORMAT",
+        "RUST_LOG",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let output = binary().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for name in [
+        "--grpc-addr",
+        "MSSTORE_GRPC_ADDR",
+        "--business-store-url",
+        "MSSTORE_BUSINESS_STORE_URL",
+        "--collections-url",
+        "MSSTORE_COLLECTIONS_URL",
+        "--purchase-url",
+        "MSSTORE_PURCHASE_URL",
+        "--max-request-bytes",
+        "--log-format",
+        "MSSTORE_LOG_FORMAT",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_AUTHORITY_HOST",
+        "RUST_LOG",
+    ] {
+        assert!(help.contains(name), "--help does not mention {name}");
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_non_zero_with_one_clear_line() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 4] = [
+        (&["--grpc-addr", "not-an-address"], &[], "--grpc-addr"),
+        (
+            &["--business-store-url", "ftp://x"],
+            &[],
+            "--business-store-url",
+        ),
+        (&[], &[("AZURE_CLIENT_ID", "app")], "AZURE_TENANT_ID"),
+        (
+            &[],
+            &[
+                ("AZURE_TENANT_ID", "contoso.onmicrosoft.com"),
+                ("AZURE_CLIENT_ID", "app"),
+                ("AZURE_CLIENT_SECRET", "s3cret-value-xyz"),
+                ("AZURE_AUTHORITY_HOST", "not a url"),
+            ],
+            "AZURE_AUTHORITY_HOST",
+        ),
+    ];
+    for (args, env, named) in cases {
+        let output = binary()
+            .args(args)
+            .args(
+                ["--grpc-addr", "127.0.0.1:1"]
+                    .iter()
+                    .filter(|_| args.is_empty()),
+            )
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} {env:?} started");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+        assert!(!stderr.contains("s3cret-value-xyz"), "{stderr}");
+    }
+}
+
+/// The binary started as a process, killed on drop if a test fails half-way.
+struct Running {
+    child: Option<std::process::Child>,
+    addr: String,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts the binary on an ephemeral port and waits for it to log its address.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = binary()
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("grpc_addr=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = addr_tx.send(addr.to_owned());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let mut running = Self {
+            child: Some(child),
+            addr: String::new(),
+            log: Some(log),
+        };
+        running.addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the binary logs its address");
+        running
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM; returns the exit code and every log line.
+    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let lines = self.log.take().unwrap().join().unwrap();
+        (exit.code(), lines)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_and_exits_zero_on_sigterm() {
+    let running = Running::start(&[], &[]);
+    let status = HealthClient::new(running.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), ServingStatus::Serving);
+    let (code, lines) = running.terminate().await;
+    assert_eq!(code, Some(0), "{lines:?}");
+    let logged = |text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(logged("no Entra credential configured"), "{lines:?}");
+    assert!(logged("shutting down"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn binary_exits_zero_once_the_grace_period_ends_with_a_call_stuck_upstream() {
+    let h = Harness::start().await;
+    h.mount_license(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
+        .await;
+    let business = h.business.uri();
+    let authority = h.token.uri();
+    let running = Running::start(
+        &[
+            "--business-store-url",
+            &business,
+            "--shutdown-grace",
+            "500ms",
+        ],
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", &authority),
+        ],
+    );
+    let mut client =
+        msstore_facade::proto::msstore::v1::store_entitlements_client::StoreEntitlementsClient::new(
+            running.channel().await,
+        );
+    let stuck = tokio::spawn(async move { client.get_offline_license(license_request()).await });
+    while Harness::requests(&h.business).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Generous bound: the point is that the process ends long before the upstream's 120 s.
+    let (code, lines) = tokio::time::timeout(Duration::from_secs(60), running.terminate())
+        .await
+        .expect("the process exits after its grace period");
+    assert_eq!(code, Some(0), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("grace period over")),
+        "{lines:?}"
+    );
+    assert!(stuck.await.unwrap().is_err());
+}

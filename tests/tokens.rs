@@ -1,0 +1,321 @@
+//! The Entra token provider seen from outside: the token request, caching per tenant, refresh
+//! after expiry, single-flight on concurrent misses, 401 invalidation, federated credentials.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+fn ok_license() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(license_body())
+}
+
+async fn authorizations(h: &Harness) -> Vec<String> {
+    Harness::requests(&h.business)
+        .await
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect()
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn token_request_is_a_client_credentials_form_for_the_store_scope() {
+    let h = Harness::start().await;
+    h.mount_license(ok_license()).await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    let requests = Harness::requests(&h.token).await;
+    assert_eq!(requests.len(), 1);
+    let sent = &requests[0];
+    assert_eq!(sent.method.as_str(), "POST");
+    assert_eq!(sent.url.path(), format!("/{TENANT}/oauth2/v2.0/token"));
+    assert_eq!(
+        sent.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    let form = form(&sent.body);
+    assert_eq!(field(&form, "grant_type"), Some("client_credentials"));
+    assert_eq!(field(&form, "client_id"), Some(CLIENT_ID));
+    assert_eq!(field(&form, "client_secret"), Some(CLIENT_SECRET));
+    assert_eq!(
+        field(&form, "scope"),
+        Some("https://onestore.microsoft.com/.default")
+    );
+    assert_eq!(field(&form, "client_assertion"), None);
+}
+
+#[tokio::test]
+async fn token_is_cached_across_calls_and_rpcs() {
+    let h = Harness::start().await;
+    h.mount_license(ok_license()).await;
+    h.mount_renew(ResponseTemplate::new(200).set_body_json(serde_json::json!({"key": "new"})))
+        .await;
+    for _ in 0..3 {
+        h.entitlements()
+            .get_offline_license(license_request())
+            .await
+            .unwrap();
+    }
+    let key = store_key(COLLECTIONS_AUD, now(), now() + 3600);
+    h.keys()
+        .renew_key(msstore_facade::proto::msstore::v1::RenewKeyRequest {
+            key,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.token_requests().await.len(), 1);
+    let expected = format!("Bearer {TOKEN_PREFIX}-1");
+    assert_eq!(authorizations(&h).await, vec![expected; 3]);
+    let renew = &Harness::requests(&h.collections).await[0];
+    let body: serde_json::Value = serde_json::from_slice(&renew.body).unwrap();
+    assert_eq!(body["serviceTicket"], format!("{TOKEN_PREFIX}-1"));
+}
+
+#[tokio::test]
+async fn token_is_refreshed_once_it_nears_expiry() {
+    let h = Harness::builder().start().await;
+    // A 1 s token is renewed at half its life.
+    h.mount_token(1).await;
+    h.mount_license(ok_license()).await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    assert_eq!(h.token_requests().await.len(), 2);
+    assert_eq!(
+        authorizations(&h).await,
+        [
+            format!("Bearer {TOKEN_PREFIX}-1"),
+            format!("Bearer {TOKEN_PREFIX}-2")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_first_calls_make_one_token_request() {
+    let h = Harness::builder().start().await;
+    Mock::given(method("POST"))
+        .and(path_regex("/oauth2/v2.0/token$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(300))
+                .set_body_json(serde_json::json!({
+                    "token_type": "Bearer", "expires_in": 3599, "access_token": "shared-token"
+                })),
+        )
+        .mount(&h.token)
+        .await;
+    h.mount_license(ok_license()).await;
+    let calls = (0..50).map(|_| {
+        let mut client = h.entitlements();
+        async move { client.get_offline_license(license_request()).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(h.token_requests().await.len(), 1);
+    assert_eq!(authorizations(&h).await.len(), 50);
+}
+
+#[tokio::test]
+async fn tenants_have_separate_tokens() {
+    let h = Harness::start().await;
+    h.mount_license(ok_license()).await;
+    for tenant in [
+        "",
+        "fabrikam.onmicrosoft.com",
+        "",
+        "FABRIKAM.onmicrosoft.com",
+    ] {
+        let mut request = license_request();
+        request.tenant_id = tenant.into();
+        h.entitlements().get_offline_license(request).await.unwrap();
+    }
+    assert_eq!(h.token_requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn upstream_401_drops_the_token_and_retries_once_with_a_fresh_one() {
+    let h = Harness::start().await;
+    Harness::answer_next_once(&h.business, ResponseTemplate::new(401)).await;
+    h.mount_license(ok_license()).await;
+    let mut request = tonic::Request::new(license_request());
+    request
+        .metadata_mut()
+        .insert("ms-cv", "xu2HW6SrSkyfHyFh.2".parse().unwrap());
+    h.entitlements().get_offline_license(request).await.unwrap();
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    assert_eq!(h.token_requests().await.len(), 2);
+    assert_eq!(
+        authorizations(&h).await,
+        [
+            format!("Bearer {TOKEN_PREFIX}-1"),
+            format!("Bearer {TOKEN_PREFIX}-2"),
+            format!("Bearer {TOKEN_PREFIX}-2")
+        ]
+    );
+    // Each attempt gets the next correlation vector.
+    let sent = Harness::requests(&h.business).await;
+    let cvs: Vec<&str> = sent[..2]
+        .iter()
+        .map(|r| r.headers["ms-cv"].to_str().unwrap())
+        .collect();
+    assert_eq!(cvs, ["xu2HW6SrSkyfHyFh.2.1", "xu2HW6SrSkyfHyFh.2.2"]);
+}
+
+#[tokio::test]
+async fn persistent_401_is_retried_only_once() {
+    let h = Harness::start().await;
+    h.mount_license(
+        ResponseTemplate::new(401)
+            .set_body_json(service_error("Unauthorized", "AuthenticationTokenInvalid")),
+    )
+    .await;
+    let status = h
+        .entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(error_info(&status).reason, "AUTHENTICATION_TOKEN_INVALID");
+    assert_eq!(Harness::requests(&h.business).await.len(), 2);
+    assert_eq!(h.token_requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn renew_with_own_token_is_retried_once_after_401() {
+    let h = Harness::start().await;
+    Harness::answer_next_once(&h.collections, ResponseTemplate::new(401)).await;
+    h.mount_renew(ResponseTemplate::new(200).set_body_json(serde_json::json!({"key": "k2"})))
+        .await;
+    let key = store_key(COLLECTIONS_AUD, now(), now() + 3600);
+    h.keys()
+        .renew_key(msstore_facade::proto::msstore::v1::RenewKeyRequest {
+            key,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let tickets: Vec<String> = Harness::requests(&h.collections)
+        .await
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["serviceTicket"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        tickets,
+        [format!("{TOKEN_PREFIX}-1"), format!("{TOKEN_PREFIX}-2")]
+    );
+}
+
+#[tokio::test]
+async fn caller_ticket_is_used_as_is_and_not_retried_on_401() {
+    let h = Harness::start().await;
+    h.mount_renew(
+        ResponseTemplate::new(401)
+            .set_body_json(service_error("Unauthorized", "InconsistentClientId")),
+    )
+    .await;
+    let key = store_key(PURCHASE_AUD, now(), now() + 3600);
+    let status = h
+        .keys()
+        .renew_key(msstore_facade::proto::msstore::v1::RenewKeyRequest {
+            key,
+            key_type: 0,
+            service_ticket: "caller-ticket-never-log-me".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(error_info(&status).reason, "INCONSISTENT_CLIENT_ID");
+    let sent = Harness::requests(&h.purchase).await;
+    assert_eq!(sent.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert_eq!(body["serviceTicket"], "caller-ticket-never-log-me");
+    assert!(h.token_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn federated_credential_sends_the_assertion_file_and_rereads_it() {
+    let dir = std::env::temp_dir().join(format!("msstore-facade-fic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "assertion-one\n").unwrap();
+    let h = Harness::builder()
+        .credential(Credential::FederatedFile(file.clone()))
+        .start()
+        .await;
+    h.mount_token(1).await;
+    h.mount_license(ok_license()).await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    // The kubelet rotates the projected token; the next token request must read the new one.
+    std::fs::write(&file, "assertion-two").unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    let forms: Vec<Vec<(String, String)>> = h
+        .token_requests()
+        .await
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(forms.len(), 2);
+    for (form, assertion) in forms.iter().zip(["assertion-one", "assertion-two"]) {
+        assert_eq!(
+            field(form, "client_assertion_type"),
+            Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        );
+        assert_eq!(field(form, "client_assertion"), Some(assertion));
+        assert_eq!(field(form, "client_secret"), None);
+        assert_eq!(field(form, "client_id"), Some(CLIENT_ID));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn unreadable_assertion_file_is_an_internal_error_naming_it() {
+    let h = Harness::builder()
+        .credential(Credential::FederatedFile(
+            "/nonexistent/msstore-facade/token".into(),
+        ))
+        .start()
+        .await;
+    let status = h
+        .entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(
+        error_info(&status).reason,
+        "FEDERATED_TOKEN_FILE_UNREADABLE"
+    );
+    assert!(h.token_requests().await.is_empty());
+}
