@@ -99,6 +99,46 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
+#[tokio::test]
+async fn reflection_serves_the_error_detail_types_so_grpcurl_can_decode_them() {
+    use tonic_reflection::pb::v1alpha;
+    let h = Harness::start().await;
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(h.facade.channel.clone());
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.rpc.BadRequest",
+    ] {
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    symbol.into(),
+                ),
+            ),
+        };
+        let answer = client
+            .server_reflection_info(tokio_stream_once(request))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                answer.message_response,
+                Some(
+                    v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_)
+                )
+            ),
+            "{symbol}: {answer:?}"
+        );
+    }
+}
+
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::iter([item])
 }

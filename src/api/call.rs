@@ -158,16 +158,18 @@ fn log_call<T>(
     latency: Duration,
     upstream_status: Option<u16>,
 ) {
-    let code = match result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
+    let (code, message) = match result {
+        Ok(_) => (tonic::Code::Ok, None),
+        // Status messages are built by crate::error and never carry a secret.
+        Err(status) => (status.code(), Some(status.message())),
     };
-    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3;
     tracing::info!(
         rpc.method = method,
         grpc.code = ?code,
         latency_ms,
         upstream.http_status = upstream_status,
+        grpc.message = message,
         "rpc finished"
     );
 }

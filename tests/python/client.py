@@ -47,8 +47,12 @@ REPO_PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "proto"
 
 
 def generate_stubs(proto_dir: pathlib.Path, out_dir: pathlib.Path) -> list:
-    """Runs grpc_tools.protoc over every .proto under proto_dir; returns the modules to import."""
-    protos = sorted(p.relative_to(proto_dir).as_posix() for p in proto_dir.rglob("*.proto"))
+    """Runs grpc_tools.protoc over the .proto files of proto_dir/msstore; returns their modules."""
+    # Only our API: google.rpc comes from googleapis-common-protos (proto/third_party is for
+    # the server's reflection only).
+    protos = sorted(
+        p.relative_to(proto_dir).as_posix() for p in (proto_dir / "msstore").rglob("*.proto")
+    )
     if not protos:
         raise SystemExit(f"no .proto files under {proto_dir}")
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
