@@ -9,6 +9,7 @@ use reqwest::Url;
 use secrecy::SecretString;
 
 use crate::auth::TenantId;
+use crate::resilience::ResilienceConfig;
 
 const ENV_HELP: &str = "\
 Entra ID credentials (environment only; secrets are never taken from flags):
@@ -64,6 +65,10 @@ pub struct Cli {
     /// anyway (e.g. `25s`, `500ms`); keep it below the pod's termination grace period.
     #[arg(long, env = "MSSTORE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Retries, circuit breaking, load shedding and HTTP/2 limits.
+    #[command(flatten)]
+    pub resilience: ResilienceConfig,
 
     /// Log line format.
     #[arg(long, env = "MSSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -145,8 +150,8 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// Request message size limit in bytes.
     pub max_request_bytes: usize,
-    /// Timeout of one upstream attempt (a caller's deadline can cut it shorter).
-    pub upstream_timeout: Duration,
+    /// Retries, circuit breaking, load shedding, timeouts and HTTP/2 limits.
+    pub resilience: ResilienceConfig,
     /// How long calls in flight may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// Log format.
@@ -167,6 +172,7 @@ impl Settings {
                 cli.grpc_addr
             ))
         })?;
+        cli.resilience.validate().map_err(ConfigError)?;
         if cli.max_request_bytes == 0 {
             return Err(ConfigError(
                 "--max-request-bytes (MSSTORE_MAX_REQUEST_BYTES) must be above 0".into(),
@@ -192,7 +198,7 @@ impl Settings {
             )?,
             credentials: credentials(azure)?,
             max_request_bytes: cli.max_request_bytes,
-            upstream_timeout: Duration::from_secs(10),
+            resilience: cli.resilience,
             shutdown_grace: cli.shutdown_grace,
             log_format: cli.log_format,
         })
@@ -209,7 +215,7 @@ impl Settings {
             authority_host: url,
             credentials: None,
             max_request_bytes: 1024 * 1024,
-            upstream_timeout: Duration::from_secs(10),
+            resilience: ResilienceConfig::default(),
             shutdown_grace: Duration::from_secs(25),
             log_format: LogFormat::Text,
         })

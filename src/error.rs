@@ -11,10 +11,14 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::auth::TokenError;
+use crate::resilience::retry::RetryAdvice;
 use crate::upstream::{TransportFailure, UpstreamError, UpstreamIds};
 
 /// `ErrorInfo.domain` of the facade's own errors.
 pub const FACADE_DOMAIN: &str = "msstore-facade";
+
+/// RetryInfo delay of a shed call.
+const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// RetryInfo delay when the upstream names none.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -52,7 +56,7 @@ pub struct Violation {
 }
 
 /// Everything that can end a call unsuccessfully.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// The request failed local validation.
     #[error("the request is invalid")]
@@ -78,6 +82,12 @@ pub enum ApiError {
     DeadlineExceeded {
         /// The deadline the caller set.
         budget: Duration,
+    },
+    /// Too many calls are in flight: this one was shed without being started.
+    #[error("the facade is at its limit of {limit} calls in flight")]
+    Overloaded {
+        /// The concurrency limit.
+        limit: usize,
     },
     /// The request message is larger than the configured limit.
     #[error("the request message exceeds the {limit}-byte limit")]
@@ -111,13 +121,21 @@ impl ApiError {
         }
     }
 
+    /// Whether the upstream failure behind this error may be retried, and when.
+    pub fn retry_advice(&self) -> Option<RetryAdvice> {
+        match self {
+            Self::Upstream { error, .. } => error.retry_advice(),
+            _ => None,
+        }
+    }
+
     /// The HTTP status of the upstream answer behind this error, when there was one.
     pub fn upstream_http_status(&self) -> Option<u16> {
         match self {
             Self::Upstream { error, .. } => match error.as_ref() {
                 UpstreamError::Status(failure) => Some(failure.http_status.as_u16()),
                 UpstreamError::Malformed { http_status, .. } => Some(*http_status),
-                UpstreamError::Transport { .. } => None,
+                UpstreamError::Transport { .. } | UpstreamError::CircuitOpen { .. } => None,
             },
             _ => None,
         }
@@ -218,6 +236,16 @@ fn map(error: ApiError) -> Mapped {
             "DEADLINE_EXCEEDED",
             format!("the caller's deadline of {} ms ran out", budget.as_millis()),
         ),
+        ApiError::Overloaded { limit } => {
+            let mut mapped = Mapped::facade(
+                Code::Unavailable,
+                "OVERLOADED",
+                format!("the facade is at its limit of {limit} calls in flight; retry shortly"),
+            )
+            .with_info("limit", limit);
+            mapped.retry = Some(OVERLOAD_RETRY_DELAY);
+            mapped
+        }
         ApiError::RequestTooLarge { limit } => Mapped::facade(
             Code::ResourceExhausted,
             "REQUEST_TOO_LARGE",
@@ -278,6 +306,16 @@ fn map_token(error: &TokenError) -> Mapped {
 
 fn map_upstream(operation: Operation, error: UpstreamError) -> Mapped {
     match error {
+        UpstreamError::CircuitOpen { host, retry_after } => {
+            let mut mapped = Mapped::facade(
+                Code::Unavailable,
+                "CIRCUIT_OPEN",
+                format!("the Store ({host}) is failing; calls fail fast until a probe succeeds"),
+            )
+            .with_info("host", &host);
+            mapped.retry = Some(retry_after);
+            mapped
+        }
         UpstreamError::Transport { host, kind } => {
             let (reason, what) = match kind {
                 TransportFailure::Connect => ("UPSTREAM_UNREACHABLE", "could not be reached"),

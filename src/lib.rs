@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod proto;
+pub mod resilience;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -2,7 +2,8 @@
 //! remapping, served until shutdown.
 
 use std::future::Future;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use tokio::net::TcpListener;
@@ -10,13 +11,14 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::{Arrival, Backends, EntitlementsService, KeysService};
+use crate::api::{Arrival, Backends, CallLimiter, EntitlementsService, KeysService};
 use crate::auth::TokenProvider;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::proto::msstore::v1::store_entitlements_server::StoreEntitlementsServer;
 use crate::proto::msstore::v1::store_keys_server::StoreKeysServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::resilience::retry::RetryPolicy;
 use crate::upstream::{http_client, StoreClient};
 
 /// Health service names reported besides `""`.
@@ -35,17 +37,24 @@ pub enum ServeError {
 
 /// Builds the backends of `settings`: one HTTP client shared by the Store and token clients.
 pub fn backends(settings: &Settings) -> Backends {
-    let http = http_client(std::time::Duration::from_secs(5));
+    let resilience = &settings.resilience;
+    let http = http_client(CONNECT_TIMEOUT, resilience.upstream_max_idle_per_host);
     Backends {
         store: StoreClient::new(http.clone(), settings),
         tokens: TokenProvider::new(
             http,
             &settings.authority_host,
             settings.credentials.clone(),
-            settings.upstream_timeout,
+            resilience.upstream_timeout,
         ),
+        retry: Arc::new(RetryPolicy::new(resilience)),
+        limiter: Arc::new(CallLimiter::new(resilience.max_concurrent_calls)),
+        default_deadline: resilience.default_deadline,
     }
 }
+
+/// How long establishing an upstream connection (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves gRPC on `listener` until `shutdown` completes; then health turns NOT_SERVING,
 /// new connections are refused and calls in flight get `settings.shutdown_grace` to finish
@@ -91,8 +100,13 @@ pub async fn serve(
         );
         let _ = draining_tx.send(());
     };
+    let resilience = &settings.resilience;
     let server = Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(resilience.http2_max_concurrent_streams)
+        .http2_keepalive_interval(Some(resilience.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(resilience.http2_keepalive_timeout))
+        .http2_max_header_list_size(resilience.max_header_list_bytes)
         .layer(tower::util::MapRequestLayer::new(
             |mut request: http::Request<tonic::body::Body>| {
                 request.extensions_mut().insert(Arrival(Instant::now()));

@@ -124,9 +124,12 @@ async fn fifty_concurrent_first_calls_make_one_token_request() {
         .mount(&h.token)
         .await;
     h.mount_license(ok_license()).await;
-    let calls = (0..50).map(|_| {
+    // Distinct content ids, so that the calls are not coalesced into one upstream request.
+    let calls = (0..50).map(|i| {
         let mut client = h.entitlements();
-        async move { client.get_offline_license(license_request()).await }
+        let mut request = license_request();
+        request.content_id = format!("content-{i}");
+        async move { client.get_offline_license(request).await }
     });
     let results = futures_util::future::join_all(calls).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");

@@ -3,9 +3,10 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
@@ -24,29 +25,17 @@ const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
 
-/// Per-call state: correlation and the last upstream HTTP status.
-pub struct CallContext {
-    method: &'static str,
-    started: Instant,
-    budget: Option<Duration>,
+/// What the upstream attempts of one call share: correlation, the call's deadline, and the
+/// last upstream HTTP status (for the log line). Behind an `Arc` so that a coalesced flight
+/// can own the context of the call that started it.
+pub struct Attempts {
     ms_cv: Mutex<CorrelationVector>,
     trace: TraceContext,
     upstream_status: AtomicU16,
+    deadline: Instant,
 }
 
-impl CallContext {
-    fn from_metadata(metadata: &MetadataMap) -> Self {
-        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        Self {
-            method: "",
-            started: Instant::now(),
-            budget: None,
-            ms_cv: Mutex::new(CorrelationVector::for_call(text("ms-cv"))),
-            trace: TraceContext::for_call(text("traceparent")),
-            upstream_status: AtomicU16::new(0),
-        }
-    }
-
+impl Attempts {
     /// Correlation headers for the next upstream attempt (MS-CV incremented).
     pub fn next_attempt(&self) -> Correlation {
         let ms_cv = self
@@ -67,8 +56,121 @@ impl CallContext {
         }
     }
 
+    /// When the call's budget runs out (the caller's deadline, or the default one).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     fn upstream_status(&self) -> Option<u16> {
         Some(self.upstream_status.load(Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+}
+
+/// One RPC from arrival to answer.
+pub struct CallContext {
+    method: &'static str,
+    started: Instant,
+    caller_budget: Option<Duration>,
+    attempts: Arc<Attempts>,
+}
+
+impl CallContext {
+    /// Starts a call: reads deadline and correlation from the metadata, returns the message.
+    /// A call whose caller sets no deadline gets `default_deadline`.
+    pub fn begin<Req>(
+        method: &'static str,
+        request: Request<Req>,
+        default_deadline: Duration,
+    ) -> (Self, Req) {
+        let metadata = request.metadata();
+        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let started = request
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
+        let caller_budget = text("grpc-timeout").and_then(grpc_timeout);
+        let budget = caller_budget.map_or(default_deadline, |budget| {
+            budget - (budget / 10).min(MAX_DEADLINE_MARGIN)
+        });
+        let attempts = Arc::new(Attempts {
+            ms_cv: Mutex::new(CorrelationVector::for_call(text("ms-cv"))),
+            trace: TraceContext::for_call(text("traceparent")),
+            upstream_status: AtomicU16::new(0),
+            deadline: started + budget,
+        });
+        let context = Self {
+            method,
+            started,
+            caller_budget,
+            attempts,
+        };
+        (context, request.into_inner())
+    }
+
+    /// The attempts of this call.
+    pub fn attempts(&self) -> &Arc<Attempts> {
+        &self.attempts
+    }
+
+    /// Runs `work` within the call's deadline, if `limiter` has room for it (else the call is
+    /// shed at once), then maps the outcome, puts the upstream ids in the response metadata
+    /// and writes the call's log line.
+    pub async fn complete<T>(
+        &self,
+        limiter: &CallLimiter,
+        work: impl Future<Output = Result<Answer<T>, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = match limiter.permits.try_acquire() {
+            Ok(_permit) => {
+                let deadline = tokio::time::Instant::from_std(self.attempts.deadline);
+                let budget = self
+                    .caller_budget
+                    .unwrap_or_else(|| self.attempts.deadline - self.started);
+                tokio::time::timeout_at(deadline, work)
+                    .await
+                    .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
+            }
+            Err(_) => Err(ApiError::Overloaded {
+                limit: limiter.limit,
+            }),
+        };
+        let attempts = &self.attempts;
+        let result = match outcome {
+            Ok(answer) => {
+                attempts.record_upstream_status(Some(answer.http_status));
+                let mut response = Response::new(answer.value);
+                insert_ids(response.metadata_mut(), &answer.ids);
+                Ok(response)
+            }
+            Err(error) => {
+                attempts.record_upstream_status(error.upstream_http_status());
+                Err(Status::from(error))
+            }
+        };
+        log_call(
+            self.method,
+            &result,
+            self.started.elapsed(),
+            attempts.upstream_status(),
+        );
+        result
+    }
+}
+
+/// The limit on calls in flight: a call that finds no room is shed at once, never queued.
+#[derive(Debug)]
+pub struct CallLimiter {
+    permits: Semaphore,
+    limit: usize,
+}
+
+impl CallLimiter {
+    /// Room for `limit` calls at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Semaphore::new(limit),
+            limit,
+        }
     }
 }
 
@@ -88,60 +190,6 @@ pub fn grpc_timeout(text: &str) -> Option<Duration> {
         b'n' => Duration::from_nanos(amount),
         _ => return None,
     })
-}
-
-impl CallContext {
-    /// Starts a call: reads deadline and correlation from the metadata, returns the message.
-    pub fn begin<Req>(method: &'static str, request: Request<Req>) -> (Self, Req) {
-        let mut context = Self::from_metadata(request.metadata());
-        context.method = method;
-        if let Some(Arrival(at)) = request.extensions().get::<Arrival>() {
-            context.started = *at;
-        }
-        context.budget = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc_timeout);
-        (context, request.into_inner())
-    }
-
-    /// Runs `work` within the caller's deadline, then maps the outcome, puts the upstream ids
-    /// in the response metadata and writes the call's log line.
-    pub async fn complete<T>(
-        &self,
-        work: impl Future<Output = Result<Answer<T>, ApiError>>,
-    ) -> Result<Response<T>, Status> {
-        let outcome = match self.budget {
-            Some(budget) => {
-                let margin = (budget / 10).min(MAX_DEADLINE_MARGIN);
-                let deadline = tokio::time::Instant::from_std(self.started) + (budget - margin);
-                tokio::time::timeout_at(deadline, work)
-                    .await
-                    .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
-            }
-            None => work.await,
-        };
-        let result = match outcome {
-            Ok(answer) => {
-                self.record_upstream_status(Some(answer.http_status));
-                let mut response = Response::new(answer.value);
-                insert_ids(response.metadata_mut(), &answer.ids);
-                Ok(response)
-            }
-            Err(error) => {
-                self.record_upstream_status(error.upstream_http_status());
-                Err(Status::from(error))
-            }
-        };
-        log_call(
-            self.method,
-            &result,
-            self.started.elapsed(),
-            self.upstream_status(),
-        );
-        result
-    }
 }
 
 fn insert_ids(metadata: &mut MetadataMap, ids: &UpstreamIds) {

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::call::CallContext;
+use super::call::{Attempts, CallContext};
 use super::validation::{key_host, Checks};
 use super::{with_own_token, Backends};
 use crate::auth::KeyClaims;
 use crate::error::{ApiError, Operation};
 use crate::proto::msstore::v1 as pb;
+use crate::resilience::retry::Target;
 use crate::upstream::{Answer, KeyHost};
 
 /// Microsoft recommends renewing Store keys every 14 days (signing certificates rotate).
@@ -30,7 +31,7 @@ impl KeysService {
     async fn renew(
         &self,
         request: pb::RenewKeyRequest,
-        call: &CallContext,
+        attempts: &Attempts,
     ) -> Result<Answer<pb::RenewKeyResponse>, ApiError> {
         let mut checks = Checks::default();
         checks.credential("key", &request.key, true);
@@ -46,17 +47,30 @@ impl KeysService {
         };
         checks.finish()?;
         let host = key_host(&request.key, declared)?;
-        let answer = if request.service_ticket.is_empty() {
-            let key = request.key.as_str();
-            with_own_token(&self.backends.tokens, None, call, |token| async move {
-                self.send(host, token.expose(), key, call).await
-            })
-            .await?
-        } else {
-            // A caller's own ticket is sent as is and never retried.
-            self.send(host, &request.service_ticket, &request.key, call)
-                .await?
+        let (key, ticket, tokens) = (
+            request.key.as_str(),
+            request.service_ticket.as_str(),
+            &self.backends.tokens,
+        );
+        let target = match host {
+            KeyHost::Collections => Target::Collections,
+            KeyHost::Purchase => Target::Purchase,
         };
+        let answer = self
+            .backends
+            .retry
+            .run(target, attempts.deadline(), || async move {
+                if ticket.is_empty() {
+                    with_own_token(tokens, None, attempts, |token| async move {
+                        self.send(host, token.expose(), key, attempts).await
+                    })
+                    .await
+                } else {
+                    // A caller's own ticket is sent as is: a 401 is not retried with it.
+                    self.send(host, ticket, key, attempts).await
+                }
+            })
+            .await?;
         let mut response = pb::RenewKeyResponse {
             key_type: match host {
                 KeyHost::Collections => pb::KeyType::Collections,
@@ -83,11 +97,11 @@ impl KeysService {
         host: KeyHost,
         ticket: &str,
         key: &str,
-        call: &CallContext,
+        attempts: &Attempts,
     ) -> Result<Answer<String>, ApiError> {
         self.backends
             .store
-            .renew_key(host, ticket, key, &call.next_attempt())
+            .renew_key(host, ticket, key, &attempts.next_attempt())
             .await
             .map_err(|error| ApiError::upstream(Operation::RenewKey, error))
     }
@@ -103,7 +117,9 @@ impl pb::store_keys_server::StoreKeys for KeysService {
         &self,
         request: Request<pb::RenewKeyRequest>,
     ) -> Result<Response<pb::RenewKeyResponse>, Status> {
-        let (call, request) = CallContext::begin("RenewKey", request);
-        call.complete(self.renew(request, &call)).await
+        let (call, request) =
+            CallContext::begin("RenewKey", request, self.backends.default_deadline);
+        let work = self.renew(request, call.attempts());
+        call.complete(&self.backends.limiter, work).await
     }
 }

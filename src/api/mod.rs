@@ -1,32 +1,39 @@
-//! The gRPC surface: one file per service. Each call is validated, sent upstream, and the
-//! answer or failure mapped back (failures through [`crate::error`]).
+//! The gRPC surface: one file per service. Each call is validated, sent upstream (with
+//! retries, through the circuit breakers), and the answer or failure mapped back (failures
+//! through [`crate::error`]).
 
 mod call;
 mod entitlements;
 mod keys;
 mod validation;
 
-pub use call::{grpc_timeout, Arrival, CallContext};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallLimiter};
 pub use entitlements::EntitlementsService;
 pub use keys::KeysService;
 
-use crate::auth::TokenProvider;
-use crate::upstream::StoreClient;
+use crate::auth::{AccessToken, TenantId, TokenProvider};
+use crate::error::ApiError;
+use crate::resilience::retry::RetryPolicy;
+use crate::upstream::{Answer, StoreClient};
 
-/// What both services share: the Store client and the token provider (cheap to clone).
+/// What both services share (cheap to clone).
 #[derive(Clone)]
 pub struct Backends {
     /// The Store REST client.
     pub store: StoreClient,
     /// The Entra token provider.
     pub tokens: TokenProvider,
+    /// Retries of transient upstream failures.
+    pub retry: Arc<RetryPolicy>,
+    /// The limit on calls in flight.
+    pub limiter: Arc<CallLimiter>,
+    /// The budget of a call whose caller sets no deadline.
+    pub default_deadline: Duration,
 }
-
-use std::future::Future;
-
-use crate::auth::{AccessToken, TenantId};
-use crate::error::ApiError;
-use crate::upstream::Answer;
 
 /// Sends with the facade's own token for `tenant`. When the Store answers 401 the token is
 /// dropped from the cache (another call may have renewed it already) and the call is sent
@@ -34,7 +41,7 @@ use crate::upstream::Answer;
 async fn with_own_token<T, Fut>(
     tokens: &TokenProvider,
     tenant: Option<&TenantId>,
-    call: &CallContext,
+    attempts: &Attempts,
     send: impl Fn(AccessToken) -> Fut,
 ) -> Result<Answer<T>, ApiError>
 where
@@ -43,7 +50,7 @@ where
     let token = tokens.token(tenant).await.map_err(ApiError::Token)?;
     match send(token.clone()).await {
         Err(error) if error.is_upstream_unauthorized() => {
-            call.record_upstream_status(error.upstream_http_status());
+            attempts.record_upstream_status(error.upstream_http_status());
             tokens.invalidate(tenant, &token).await;
             let fresh = tokens.token(tenant).await.map_err(ApiError::Token)?;
             send(fresh).await

@@ -79,7 +79,7 @@ impl StoreClient {
             .header(AUTHORIZATION, token.bearer())
             .header(CONTENT_LENGTH, HeaderValue::from_static("0"));
         let host = &self.business.host;
-        let (status, ids, body) = self.exchange(host, request, correlation).await?;
+        let (status, ids, body) = self.exchange(&self.business, request, correlation).await?;
         let value = serde_json::from_slice::<OfflineLicense>(&body)
             .ok()
             .filter(|license| !license.license_blob.is_empty())

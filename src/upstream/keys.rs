@@ -45,7 +45,7 @@ impl StoreClient {
                 service_ticket,
                 key,
             });
-        let (status, ids, body) = self.exchange(&base.host, request, correlation).await?;
+        let (status, ids, body) = self.exchange(base, request, correlation).await?;
         let value = serde_json::from_slice::<RenewAnswer>(&body)
             .ok()
             .filter(|answer| !answer.key.is_empty())

@@ -17,6 +17,9 @@ pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
 pub use keys::KeyHost;
 
 use crate::config::Settings;
+use crate::resilience::breaker::CircuitBreaker;
+use crate::resilience::retry::RetryAdvice;
+use crate::resilience::ResilienceConfig;
 
 /// Largest upstream answer body read; a larger one is treated as malformed.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -28,12 +31,12 @@ pub const USER_AGENT: &str = concat!("msstore-facade/", env!("CARGO_PKG_VERSION"
 pub const ID_HEADERS: [&str; 4] = ["ms-correlationid", "ms-requestid", "ms-cv", "ms-serverid"];
 
 /// Builds the one HTTP client the process shares (rustls, HTTP/1.1 and HTTP/2, pooled).
-pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
+pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(max_idle_per_host)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -68,7 +71,7 @@ impl UpstreamIds {
 }
 
 /// A successful upstream answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Answer<T> {
     /// The decoded body.
     pub value: T,
@@ -90,8 +93,16 @@ pub enum TransportFailure {
 }
 
 /// Why an upstream call did not give a usable answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
+    /// The host's circuit is open: nothing was sent.
+    #[error("the Store ({host}) is failing: its circuit is open")]
+    CircuitOpen {
+        /// The Store host, without port.
+        host: Arc<str>,
+        /// Time until a probe request will be let through.
+        retry_after: Duration,
+    },
     /// The Store answered with a non-2xx status.
     #[error("the Store answered HTTP {}", .0.http_status.as_u16())]
     Status(Box<StatusFailure>),
@@ -118,7 +129,7 @@ pub enum UpstreamError {
 }
 
 /// A non-2xx answer from the Store.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StatusFailure {
     /// The Store host, without port.
     pub host: Arc<str>,
@@ -137,13 +148,55 @@ pub struct StatusFailure {
 struct Base {
     prefix: String,
     host: Arc<str>,
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl Base {
-    fn new(url: &Url) -> Self {
+    fn new(url: &Url, config: &ResilienceConfig) -> Self {
+        let host = url.host_str().unwrap_or_default();
         Self {
             prefix: url.as_str().trim_end_matches('/').to_owned(),
-            host: url.host_str().unwrap_or_default().into(),
+            host: host.into(),
+            breaker: Arc::new(CircuitBreaker::new(
+                host,
+                config.circuit_failures,
+                config.circuit_open_for,
+            )),
+        }
+    }
+}
+
+impl UpstreamError {
+    /// Whether this failure may be retried, and after how long the upstream asks: connect
+    /// errors, 408, 502, 503, 504, and 429 with a `Retry-After`.
+    pub fn retry_advice(&self) -> Option<RetryAdvice> {
+        match self {
+            Self::Transport {
+                kind: TransportFailure::Connect,
+                ..
+            } => Some(RetryAdvice { after: None }),
+            Self::Status(failure) => match failure.http_status.as_u16() {
+                408 | 502 | 503 | 504 => Some(RetryAdvice {
+                    after: failure.retry_after,
+                }),
+                429 => failure
+                    .retry_after
+                    .map(|after| RetryAdvice { after: Some(after) }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether this failure counts toward opening the host's circuit: the host, not the
+    /// request, is at fault (no answer, 408 or 5xx).
+    fn counts_against_host(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Status(failure) => {
+                failure.http_status.is_server_error() || failure.http_status.as_u16() == 408
+            }
+            Self::CircuitOpen { .. } | Self::Malformed { .. } => false,
         }
     }
 }
@@ -163,15 +216,45 @@ impl StoreClient {
     pub fn new(http: reqwest::Client, settings: &Settings) -> Self {
         Self {
             http,
-            business: Base::new(&settings.business_store_url),
-            collections: Base::new(&settings.collections_url),
-            purchase: Base::new(&settings.purchase_url),
-            attempt_timeout: settings.upstream_timeout,
+            business: Base::new(&settings.business_store_url, &settings.resilience),
+            collections: Base::new(&settings.collections_url, &settings.resilience),
+            purchase: Base::new(&settings.purchase_url, &settings.resilience),
+            attempt_timeout: settings.resilience.upstream_timeout,
         }
     }
 
-    /// Sends `request` and reads the whole answer, turning non-2xx into [`UpstreamError::Status`].
+    /// Whether any upstream host's circuit is open.
+    pub fn any_circuit_open(&self) -> bool {
+        [&self.business, &self.collections, &self.purchase]
+            .iter()
+            .any(|base| base.breaker.is_open())
+    }
+
+    /// Sends `request` to `base` through its circuit breaker.
     async fn exchange(
+        &self,
+        base: &Base,
+        request: reqwest::RequestBuilder,
+        correlation: &Correlation,
+    ) -> Result<(StatusCode, UpstreamIds, Bytes), UpstreamError> {
+        let permit = base
+            .breaker
+            .admit()
+            .map_err(|open| UpstreamError::CircuitOpen {
+                host: base.host.clone(),
+                retry_after: open.retry_after,
+            })?;
+        let outcome = self.send(&base.host, request, correlation).await;
+        permit.record(
+            outcome
+                .as_ref()
+                .is_err_and(UpstreamError::counts_against_host),
+        );
+        outcome
+    }
+
+    /// Sends `request` and reads the whole answer, turning non-2xx into [`UpstreamError::Status`].
+    async fn send(
         &self,
         host: &Arc<str>,
         request: reqwest::RequestBuilder,

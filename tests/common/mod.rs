@@ -92,7 +92,7 @@ impl HarnessBuilder {
         settings.purchase_url = purchase.uri().parse().unwrap();
         settings.authority_host = token.uri().parse().unwrap();
         settings.max_request_bytes = self.max_request_bytes;
-        settings.upstream_timeout = self.upstream_timeout;
+        settings.resilience.upstream_timeout = self.upstream_timeout;
         settings.shutdown_grace = self.shutdown_grace;
         let source = match self.credential {
             Credential::None => None,

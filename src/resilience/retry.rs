@@ -1,0 +1,142 @@
+//! Retries of transient upstream failures: bounded attempts, exponential backoff with full
+//! jitter, a `Retry-After` that must fit the call's remaining budget, and a retry budget per
+//! upstream host (tower's `TpsBudget`) so that a failing upstream is not hammered.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tower::retry::budget::{Budget, TpsBudget};
+
+use super::ResilienceConfig;
+use crate::error::ApiError;
+
+/// Least time an attempt must have left for a retry to be worth sending.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(50);
+/// How long a call counts toward the retry budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// The upstream host a call goes to: each has its own retry budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The Store for Business.
+    Business,
+    /// The collections host.
+    Collections,
+    /// The purchase host.
+    Purchase,
+}
+
+/// When a failed attempt may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAdvice {
+    /// The upstream's `Retry-After`: the retry waits exactly this long, or is not made.
+    pub after: Option<Duration>,
+}
+
+/// The retry policy shared by every call.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    base: Duration,
+    cap: Duration,
+    budgets: [TpsBudget; 3],
+}
+
+impl RetryPolicy {
+    /// The policy of `config`.
+    pub fn new(config: &ResilienceConfig) -> Self {
+        let budget = || {
+            TpsBudget::new(
+                BUDGET_WINDOW,
+                config.retry_budget_min_per_sec,
+                config.retry_budget_percent / 100.0,
+            )
+        };
+        Self {
+            max_attempts: config.max_attempts,
+            base: config.retry_base_delay,
+            cap: config.retry_max_delay,
+            budgets: [budget(), budget(), budget()],
+        }
+    }
+
+    fn budget(&self, target: Target) -> &TpsBudget {
+        &self.budgets[target as usize]
+    }
+
+    /// Full jitter: uniformly random between zero and `base * 2^(retry - 1)`, capped.
+    fn backoff(&self, retry: u32) -> Duration {
+        let exponential = self.base.saturating_mul(
+            1u32.checked_shl(retry.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        let ceiling = exponential.min(self.cap).as_micros() as u64;
+        Duration::from_micros(fastrand::u64(0..=ceiling))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, runs out of attempts or budget, or
+    /// another attempt would not fit before `deadline`. Returns the last outcome.
+    pub async fn run<T, Fut>(
+        &self,
+        target: Target,
+        deadline: Instant,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, ApiError>
+    where
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        self.budget(target).deposit();
+        let mut made = 1;
+        loop {
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let Some(advice) = error.retry_advice() else {
+                return Err(error);
+            };
+            if made >= self.max_attempts {
+                return Err(error);
+            }
+            let delay = advice.after.unwrap_or_else(|| self.backoff(made));
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < delay.saturating_add(MIN_ATTEMPT_TIME) {
+                tracing::debug!(
+                    ?delay,
+                    ?remaining,
+                    "no retry: it would not fit the deadline"
+                );
+                return Err(error);
+            }
+            if !self.budget(target).withdraw() {
+                tracing::debug!(?target, "no retry: retry budget exhausted");
+                return Err(error);
+            }
+            tracing::debug!(?target, attempt = made + 1, ?delay, %error, "retrying");
+            tokio::time::sleep(delay).await;
+            made += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_cap() {
+        let policy = RetryPolicy::new(&ResilienceConfig {
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_millis(300),
+            ..ResilienceConfig::default()
+        });
+        for _ in 0..200 {
+            assert!(policy.backoff(1) <= Duration::from_millis(100));
+            assert!(policy.backoff(2) <= Duration::from_millis(200));
+            assert!(policy.backoff(9) <= Duration::from_millis(300));
+            assert!(policy.backoff(40) <= Duration::from_millis(300));
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| policy.backoff(3)).collect();
+        assert!(spread.len() > 10, "delays are not jittered");
+    }
+}
