@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
 use secrecy::SecretString;
 
 use crate::auth::TenantId;
+use crate::emulator::{DEFAULT_LISTEN, SANDBOX_CLIENT_ID};
 use crate::resilience::ResilienceConfig;
 
 const ENV_HELP: &str = "\
@@ -73,6 +75,80 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "MSSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Serve against the built-in emulator instead of Microsoft: every upstream URL and the
+    /// Entra authority point at an in-process emulator on loopback, with the sandbox
+    /// credentials (AZURE_* and the URL flags are ignored). Never on unless asked for.
+    #[arg(long, env = "MSSTORE_SANDBOX", value_parser = BoolishValueParser::new())]
+    pub sandbox: bool,
+
+    /// Something other than serving the facade.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands besides serving the facade.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run only the sandbox emulator of the Store and Entra endpoints (NOT Microsoft), for
+    /// other facades and tests to use; prints the settings that point a facade at it.
+    Emulator(EmulatorArgs),
+    /// Print a Store ID key that the sandbox emulator accepts, to try RenewKey with.
+    SandboxKey(SandboxKeyArgs),
+}
+
+/// Flags of `msstore-facade emulator`.
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address the emulator listens on (plain HTTP/1.1; keep it on loopback).
+    #[arg(long, env = "MSSTORE_EMULATOR_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+}
+
+/// Flags of `msstore-facade sandbox-key`.
+#[derive(Debug, Args)]
+pub struct SandboxKeyArgs {
+    /// Which service the key belongs to (its `aud` claim).
+    #[arg(long = "type", value_enum, default_value_t = SandboxKeyType::Collections)]
+    pub key_type: SandboxKeyType,
+
+    /// A magic id for the key's payload claim: renewing the key then fails on purpose
+    /// (e.g. MAGIC-503; the README lists them all).
+    #[arg(long, value_parser = parse_magic)]
+    pub magic: Option<String>,
+
+    /// The key's clientId claim; anything but the sandbox client id makes the emulator answer
+    /// InconsistentClientId.
+    #[arg(long, default_value = SANDBOX_CLIENT_ID)]
+    pub client_id: String,
+
+    /// The emulator named in the key's refreshUri claim (informational: never called).
+    #[arg(long, default_value = crate::emulator::DEFAULT_BASE_URL)]
+    pub emulator_url: Url,
+}
+
+/// The service a sandbox key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxKeyType {
+    /// A collections key.
+    Collections,
+    /// A purchase key.
+    Purchase,
+}
+
+impl From<SandboxKeyType> for crate::upstream::KeyHost {
+    fn from(key_type: SandboxKeyType) -> Self {
+        match key_type {
+            SandboxKeyType::Collections => Self::Collections,
+            SandboxKeyType::Purchase => Self::Purchase,
+        }
+    }
+}
+
+fn parse_magic(value: &str) -> Result<String, String> {
+    crate::emulator::Magic::parse(value)
+        .map(|_| value.to_owned())
+        .ok_or_else(|| format!("{value:?} is not a magic id (MAGIC-503, MAGIC-SLOW-2000, ...)"))
 }
 
 /// How log lines are written.
@@ -100,6 +176,15 @@ pub struct AzureEnv {
 }
 
 impl AzureEnv {
+    /// Whether no `AZURE_*` variable is set.
+    pub fn is_empty(&self) -> bool {
+        self.tenant_id.is_none()
+            && self.client_id.is_none()
+            && self.client_secret.is_none()
+            && self.federated_token_file.is_none()
+            && self.authority_host.is_none()
+    }
+
     /// Reads the `AZURE_*` variables; empty values count as unset.
     pub fn from_process_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -156,6 +241,25 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// Where the sandbox emulator serves each upstream, and the credentials it accepts.
+#[derive(Debug, Clone)]
+pub struct SandboxUpstreams {
+    /// Store for Business base URL.
+    pub business_store_url: Url,
+    /// Collections base URL.
+    pub collections_url: Url,
+    /// Purchase base URL.
+    pub purchase_url: Url,
+    /// Entra authority.
+    pub authority_host: Url,
+    /// The sandbox tenant.
+    pub tenant_id: String,
+    /// The sandbox application.
+    pub client_id: String,
+    /// The sandbox application's (published) secret.
+    pub client_secret: SecretString,
 }
 
 /// A configuration value that cannot be used; its text is one line naming the setting.
@@ -219,6 +323,25 @@ impl Settings {
             shutdown_grace: Duration::from_secs(25),
             log_format: LogFormat::Text,
         })
+    }
+}
+
+impl Settings {
+    /// These settings pointed at the sandbox emulator: every upstream URL, the authority and
+    /// the credentials are replaced by the emulator's.
+    pub fn with_sandbox(mut self, sandbox: SandboxUpstreams) -> Result<Self, ConfigError> {
+        let tenant_id = TenantId::parse(&sandbox.tenant_id)
+            .map_err(|_| ConfigError(format!("sandbox tenant {:?}", sandbox.tenant_id)))?;
+        self.business_store_url = sandbox.business_store_url;
+        self.collections_url = sandbox.collections_url;
+        self.purchase_url = sandbox.purchase_url;
+        self.authority_host = sandbox.authority_host;
+        self.credentials = Some(Credentials {
+            tenant_id,
+            client_id: sandbox.client_id,
+            source: CredentialSource::ClientSecret(sandbox.client_secret),
+        });
+        Ok(self)
     }
 }
 

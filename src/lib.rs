@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod emulator;
 pub mod error;
 pub mod proto;
 pub mod resilience;

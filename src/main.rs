@@ -1,16 +1,37 @@
 //! The `msstore-facade` binary: parse configuration, start logging, serve until SIGTERM/SIGINT.
+//! Besides the facade itself (against Microsoft, or against the built-in emulator with
+//! `--sandbox`) it runs the emulator alone (`emulator`) and mints sandbox keys (`sandbox-key`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use msstore_facade::config::{AzureEnv, Cli, Settings};
+use msstore_facade::config::{AzureEnv, Cli, Command, EmulatorArgs, SandboxKeyArgs, Settings};
+use msstore_facade::emulator::{self, Emulator, RunningEmulator, StoreKeySpec};
 use msstore_facade::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = match Settings::from_cli(Cli::parse(), AzureEnv::from_process_env()) {
+    let mut cli = Cli::parse();
+    match cli.command.take() {
+        Some(Command::Emulator(args)) => {
+            telemetry::init_logging(cli.log_format);
+            run_emulator(args).await
+        }
+        Some(Command::SandboxKey(args)) => print_sandbox_key(&args),
+        None => run_facade(cli).await,
+    }
+}
+
+async fn run_facade(cli: Cli) -> ExitCode {
+    let sandbox = cli.sandbox;
+    let azure = AzureEnv::from_process_env();
+    let azure_ignored = sandbox && !azure.is_empty();
+    let azure = if sandbox { AzureEnv::default() } else { azure };
+    let settings = match Settings::from_cli(cli, azure) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("msstore-facade: {error}");
@@ -18,6 +39,14 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(settings.log_format);
+    let (settings, emulator) = if sandbox {
+        match start_sandbox(settings, azure_ignored).await {
+            Some((settings, emulator)) => (settings, Some(emulator)),
+            None => return ExitCode::FAILURE,
+        }
+    } else {
+        (settings, None)
+    };
     let listener = match tokio::net::TcpListener::bind(settings.grpc_addr).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -32,26 +61,122 @@ async fn main() -> ExitCode {
              or AZURE_FEDERATED_TOKEN_FILE): only RenewKey calls that bring a service_ticket can succeed"
         );
     }
-    tracing::info!(grpc_addr = %addr, version = env!("CARGO_PKG_VERSION"), "msstore-facade serving");
-    match msstore_facade::serve(settings, listener, shutdown_signal()).await {
+    let shutdown = shutdown_signal();
+    tracing::info!(grpc_addr = %addr, version = env!("CARGO_PKG_VERSION"), sandbox, "msstore-facade serving");
+    let served = msstore_facade::serve(settings, listener, shutdown).await;
+    if let Some(emulator) = emulator {
+        emulator.stop().await;
+    }
+    exit_code(served, "msstore-facade")
+}
+
+/// Starts the in-process emulator on loopback and points `settings` at it.
+async fn start_sandbox(
+    settings: Settings,
+    azure_ignored: bool,
+) -> Option<(Settings, RunningEmulator)> {
+    let emulator = match Emulator::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
+        Ok(emulator) => emulator.spawn(),
+        Err(error) => {
+            tracing::error!(%error, "sandbox: cannot start the emulator");
+            return None;
+        }
+    };
+    let endpoints = emulator.endpoints();
+    let settings = match settings.with_sandbox(endpoints.sandbox_upstreams()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!(%error, "sandbox: cannot configure the facade");
+            return None;
+        }
+    };
+    tracing::warn!(
+        emulator = %endpoints.base_url(),
+        tenant = emulator::SANDBOX_TENANT,
+        client_id = emulator::SANDBOX_CLIENT_ID,
+        "SANDBOX MODE: every Store and Entra call goes to the built-in emulator, NOT to \
+         Microsoft; licenses and keys are made up"
+    );
+    if azure_ignored {
+        tracing::warn!("sandbox: the AZURE_* variables are set but ignored");
+    }
+    Some((settings, emulator))
+}
+
+/// `msstore-facade emulator`: the emulator alone, until SIGTERM/SIGINT.
+async fn run_emulator(args: EmulatorArgs) -> ExitCode {
+    let emulator = match Emulator::bind(args.listen).await {
+        Ok(emulator) => emulator,
+        Err(error) => {
+            tracing::error!(addr = %args.listen, %error, "emulator: cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = shutdown_signal();
+    let endpoints = emulator.endpoints();
+    let upstreams = endpoints.sandbox_upstreams();
+    tracing::warn!(
+        emulator_addr = %endpoints.local_addr(),
+        "emulator serving: a local imitation of the Store and Entra endpoints, NOT Microsoft"
+    );
+    println!(
+        "# msstore-facade emulator on {base} (NOT Microsoft). Point a facade at it with:\n\
+         export MSSTORE_BUSINESS_STORE_URL={}\n\
+         export MSSTORE_COLLECTIONS_URL={}\n\
+         export MSSTORE_PURCHASE_URL={}\n\
+         export AZURE_AUTHORITY_HOST={}\n\
+         export AZURE_TENANT_ID={}\n\
+         export AZURE_CLIENT_ID={}\n\
+         export AZURE_CLIENT_SECRET={}",
+        upstreams.business_store_url,
+        upstreams.collections_url,
+        upstreams.purchase_url,
+        upstreams.authority_host,
+        upstreams.tenant_id,
+        upstreams.client_id,
+        // The sandbox secret is published (README); it opens nothing but the emulator.
+        emulator::SANDBOX_CLIENT_SECRET,
+        base = endpoints.base_url(),
+    );
+    exit_code(emulator.serve(shutdown).await, "emulator")
+}
+
+/// Logs how `server` ended and turns that into the process exit status.
+fn exit_code(result: Result<(), impl std::fmt::Display>, server: &str) -> ExitCode {
+    match result {
         Ok(()) => {
-            tracing::info!("stopped");
+            tracing::info!("{server} stopped");
             ExitCode::SUCCESS
         }
         Err(error) => {
-            tracing::error!(%error, "server failed");
+            tracing::error!(%error, "{server} failed");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// `msstore-facade sandbox-key`: prints one key on stdout.
+fn print_sandbox_key(args: &SandboxKeyArgs) -> ExitCode {
+    let mut spec = StoreKeySpec::new(args.key_type.into())
+        .client_id(&args.client_id)
+        .refresh_base(args.emulator_url.clone());
+    if let Some(magic) = &args.magic {
+        spec = spec.payload(magic);
+    }
+    println!("{}", spec.mint());
+    ExitCode::SUCCESS
+}
+
+/// Installs the SIGTERM and SIGINT handlers at once (a signal that arrives after the start-up
+/// log line must not kill the process) and completes on the first of them.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
     }
 }

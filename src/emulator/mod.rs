@@ -1,0 +1,291 @@
+//! The sandbox emulator: a local imitation of the upstreams the facade calls, faithful to
+//! what Microsoft documents (`shared/docs/upstream-apis.md`), so that the facade, its tests
+//! and its users can run with no Entra tenant and no Store account. It is NOT Microsoft: its
+//! tokens and keys are JWT-shaped but carry no real signature, and its licenses are made up.
+//!
+//! One HTTP/1.1 listener serves every upstream under its own path prefix:
+//!
+//! | prefix | stands for |
+//! |---|---|
+//! | `/login` | the Entra authority: `POST /login/{tenant}/oauth2/v2.0/token` |
+//! | `/bspmts` | Store for Business: `POST /bspmts/V1/Products/{p}/{s}/OfflineLicense/{c}` |
+//! | `/collections` | `POST /collections/v6.0/b2b/keys/renew` |
+//! | `/purchase` | `POST /purchase/v6.0/b2b/keys/renew` |
+//!
+//! The sandbox application ([`SANDBOX_CLIENT_ID`], [`SANDBOX_CLIENT_SECRET`]) is the only
+//! registered client; any tenant is accepted. [`magic`] ids make it fail on purpose.
+
+mod business_store;
+mod clock;
+mod connection;
+mod entra;
+mod jwt;
+mod keys;
+pub mod magic;
+mod store_answer;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use reqwest::Url;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use keys::{key_audience, StoreKeySpec, KEY_LIFETIME};
+pub use magic::Magic;
+
+use crate::config::SandboxUpstreams;
+use connection::{ConnectionControl, ResettableListener};
+
+/// The tenant of the sandbox (any tenant is accepted; this one is the default).
+pub const SANDBOX_TENANT: &str = "sandbox.onmicrosoft.com";
+/// The one application the emulator's token endpoint knows.
+pub const SANDBOX_CLIENT_ID: &str = "5a4db0c0-c11e-4e47-8000-000000000001";
+/// The sandbox application's client secret. Published on purpose: it opens nothing but the
+/// emulator.
+pub const SANDBOX_CLIENT_SECRET: &str = "msstore-facade-sandbox-secret";
+
+/// Where `msstore-facade emulator` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+/// The base URL of an emulator on [`DEFAULT_LISTEN`].
+pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8480";
+
+/// Path prefix of the Entra authority.
+pub const LOGIN_PREFIX: &str = "/login";
+/// Path prefix of the Store for Business.
+pub const BUSINESS_STORE_PREFIX: &str = "/bspmts";
+/// Path prefix of the collections host.
+pub const COLLECTIONS_PREFIX: &str = "/collections";
+/// Path prefix of the purchase host.
+pub const PURCHASE_PREFIX: &str = "/purchase";
+
+/// How long [`RunningEmulator::stop`] lets answers in flight (a slow magic id) finish.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Where an emulator serves each upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    addr: SocketAddr,
+}
+
+impl Endpoints {
+    /// The address the emulator listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` (an unspecified listen address is written as loopback).
+    pub fn base_url(&self) -> Url {
+        let ip = match self.addr.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        let text = format!("http://{}", SocketAddr::new(ip, self.addr.port()));
+        Url::parse(&text).expect("an IP address and port make a valid URL")
+    }
+
+    fn under(&self, prefix: &str) -> Url {
+        self.base_url()
+            .join(prefix)
+            .expect("a fixed path prefix joins onto a base URL")
+    }
+
+    /// Base URL of the Store for Business (`--business-store-url`).
+    pub fn business_store_url(&self) -> Url {
+        self.under(BUSINESS_STORE_PREFIX)
+    }
+
+    /// Base URL of the collections host (`--collections-url`).
+    pub fn collections_url(&self) -> Url {
+        self.under(COLLECTIONS_PREFIX)
+    }
+
+    /// Base URL of the purchase host (`--purchase-url`).
+    pub fn purchase_url(&self) -> Url {
+        self.under(PURCHASE_PREFIX)
+    }
+
+    /// The Entra authority (`AZURE_AUTHORITY_HOST`).
+    pub fn authority_host(&self) -> Url {
+        self.under(LOGIN_PREFIX)
+    }
+
+    /// Everything a facade needs to use this emulator: URLs and sandbox credentials.
+    pub fn sandbox_upstreams(&self) -> SandboxUpstreams {
+        SandboxUpstreams {
+            business_store_url: self.business_store_url(),
+            collections_url: self.collections_url(),
+            purchase_url: self.purchase_url(),
+            authority_host: self.authority_host(),
+            tenant_id: SANDBOX_TENANT.to_owned(),
+            client_id: SANDBOX_CLIENT_ID.to_owned(),
+            client_secret: SANDBOX_CLIENT_SECRET.into(),
+        }
+    }
+}
+
+/// A bound emulator, not serving yet.
+#[derive(Debug)]
+pub struct Emulator {
+    listener: TcpListener,
+    endpoints: Endpoints,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+struct EmulatorState {
+    /// Put into renewed keys' `refreshUri`.
+    refresh_base: Arc<Url>,
+}
+
+impl Emulator {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let endpoints = Endpoints {
+            addr: listener.local_addr()?,
+        };
+        Ok(Self {
+            listener,
+            endpoints,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoints.addr
+    }
+
+    /// Its URLs.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints
+    }
+
+    /// Serves until `shutdown` completes, then lets open connections finish.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let state = EmulatorState {
+            refresh_base: Arc::new(self.endpoints.base_url()),
+        };
+        let app = router(state).into_make_service_with_connect_info::<ConnectionControl>();
+        axum::serve(ResettableListener(self.listener), app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Serves in a background task until [`RunningEmulator::stop`] (or until dropped).
+    pub fn spawn(self) -> RunningEmulator {
+        let endpoints = self.endpoints;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(async {
+            let _ = stopped.await;
+        }));
+        RunningEmulator {
+            endpoints,
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+/// An emulator serving in a background task; dropping it stops it abruptly.
+#[derive(Debug)]
+pub struct RunningEmulator {
+    endpoints: Endpoints,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RunningEmulator {
+    /// Its URLs.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints
+    }
+
+    /// Stops accepting, lets answers in flight finish for up to two seconds, then closes
+    /// whatever is left.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(STOP_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn router(state: EmulatorState) -> Router {
+    Router::new()
+        .route("/", get(about))
+        .route(
+            &format!("{LOGIN_PREFIX}/{{tenant}}/oauth2/v2.0/token"),
+            post(entra::token),
+        )
+        .route(
+            &format!(
+                "{BUSINESS_STORE_PREFIX}/V1/Products/{{product_id}}/{{sku_id}}/OfflineLicense/{{content_id}}"
+            ),
+            post(business_store::offline_license),
+        )
+        .route(
+            &format!("{COLLECTIONS_PREFIX}/v6.0/b2b/keys/renew"),
+            post(keys::renew_collections),
+        )
+        .route(
+            &format!("{PURCHASE_PREFIX}/v6.0/b2b/keys/renew"),
+            post(keys::renew_purchase),
+        )
+        .layer(middleware::from_fn(log_exchange))
+        .with_state(state)
+}
+
+/// One log line per answer: method, path, status, latency. Never headers or bodies, which
+/// carry secrets, tokens and keys.
+async fn log_exchange(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match response.extensions().get::<Magic>() {
+        Some(magic) => {
+            tracing::info!(%method, path, %magic, latency_ms, "emulator failed on purpose");
+        }
+        None => {
+            let http_status = response.status().as_u16();
+            tracing::info!(%method, path, http_status, latency_ms, "emulator answered");
+        }
+    }
+    response
+}
+
+async fn about() -> &'static str {
+    concat!(
+        "msstore-facade emulator: a local imitation of the Microsoft Store and Entra ID endpoints. ",
+        "It is NOT Microsoft.\n",
+        "POST /login/{tenant}/oauth2/v2.0/token\n",
+        "POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}\n",
+        "POST /collections/v6.0/b2b/keys/renew\n",
+        "POST /purchase/v6.0/b2b/keys/renew\n",
+    )
+}

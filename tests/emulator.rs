@@ -1,0 +1,580 @@
+//! The sandbox emulator alone, spoken to over HTTP: its answers have the documented shapes
+//! and headers (upstream-apis.md), its token endpoint refuses like Entra, its key checks work,
+//! and its magic ids fail the way they say.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use msstore_facade::emulator::{
+    key_audience, magic, Endpoints, StoreKeySpec, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET,
+    SANDBOX_TENANT,
+};
+use msstore_facade::upstream::KeyHost;
+use serde_json::{json, Value};
+
+const ONESTORE: &str = "https://onestore.microsoft.com";
+const KEY_CLAIMS: &str = "http://schemas.microsoft.com/marketplace/2015/08/claims/key/";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// An answer of the emulator: status, lower-case headers, body text.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Self {
+        Self {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.text().await.expect("a complete body"),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+
+    /// The Store inner code inside `innererror.data`, as real 401 bodies carry it.
+    fn inner_data(&self) -> String {
+        self.json()["innererror"]["data"].to_string()
+    }
+
+    /// A 401 in the real ServiceError shape with `inner` inside `innererror.data`.
+    fn assert_unauthorized(&self, inner: &str, case: &str) {
+        assert_eq!(self.status, 401, "{case}: {}", self.body);
+        self.assert_store_ids();
+        let body = self.json();
+        assert_eq!(body["code"], "Unauthorized", "{case}");
+        assert_eq!(
+            body["innererror"]["code"], "AuthenticationFailure",
+            "{case}"
+        );
+        assert!(self.inner_data().contains(inner), "{case}: {}", self.body);
+    }
+
+    fn assert_store_ids(&self) {
+        for name in ["ms-correlationid", "ms-requestid", "ms-cv", "ms-serverid"] {
+            assert!(!self.header(name).is_empty(), "{name}");
+        }
+    }
+}
+
+/// A running emulator, its URLs and a sandbox access token from it.
+async fn emulator_and_token() -> (msstore_facade::emulator::RunningEmulator, Endpoints, String) {
+    let emulator = start_emulator().await;
+    let endpoints = emulator.endpoints();
+    let token = emulator_token(&endpoints).await;
+    (emulator, endpoints, token)
+}
+
+fn license_url(emulator: &Endpoints, product_id: &str) -> String {
+    format!(
+        "{}/V1/Products/{product_id}/0016/OfflineLicense/c-1",
+        emulator.business_store_url()
+    )
+}
+
+async fn license(emulator: &Endpoints, product_id: &str, bearer: Option<&str>) -> Answer {
+    let mut request = reqwest::Client::new()
+        .post(license_url(emulator, product_id))
+        .header("content-length", "0")
+        .header("ms-cv", "xu2HW6SrSkyfHyFh.0.1");
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    Answer::read(request.send().await.expect("the emulator answers")).await
+}
+
+async fn renew_raw(emulator: &Endpoints, host: KeyHost, body: &Value) -> Answer {
+    let base = match host {
+        KeyHost::Collections => emulator.collections_url(),
+        KeyHost::Purchase => emulator.purchase_url(),
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v6.0/b2b/keys/renew"))
+        .header("ms-cv", "xu2HW6SrSkyfHyFh.0.2")
+        .json(body)
+        .send()
+        .await
+        .expect("the emulator answers");
+    Answer::read(response).await
+}
+
+async fn renew(emulator: &Endpoints, host: KeyHost, ticket: &str, key: &str) -> Answer {
+    renew_raw(
+        emulator,
+        host,
+        &json!({"serviceTicket": ticket, "key": key}),
+    )
+    .await
+}
+
+/// `token` with its `exp` claim changed and its header and signature kept: a tampered token.
+fn with_exp(token: &str, exp: i64) -> String {
+    let mut edited = claims(token);
+    edited["exp"] = json!(exp);
+    let parts: Vec<&str> = token.split('.').collect();
+    let claims_part = jwt(&edited).split('.').nth(1).unwrap().to_owned();
+    format!("{}.{claims_part}.{}", parts[0], parts[2])
+}
+
+fn assert_entra_error(status: u16, body: &Value, expected_status: u16, error: &str, code: u64) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error"], error, "{body}");
+    assert_eq!(body["error_codes"], json!([code]), "{body}");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.starts_with(&format!("AADSTS{code}: ")),
+        "{description}"
+    );
+    for field in ["timestamp", "trace_id", "correlation_id"] {
+        assert!(
+            body[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {body}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint
+
+#[tokio::test]
+async fn token_endpoint_grants_jwt_shaped_onestore_tokens_for_the_sandbox_secret() {
+    let emulator = start_emulator().await;
+    let before = now();
+    let (status, body) = emulator_token_request(
+        &emulator.endpoints(),
+        SANDBOX_TENANT,
+        &sandbox_secret_form(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3599);
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(token.split('.').count(), 3);
+    let claims = claims(token);
+    assert_eq!(claims["aud"], ONESTORE);
+    assert_eq!(claims["appid"], SANDBOX_CLIENT_ID);
+    assert!(
+        claims["tid"].as_str().is_some_and(|t| t.len() == 36),
+        "{claims}"
+    );
+    let iat = claims["iat"].as_i64().unwrap();
+    assert!(iat >= before && iat <= now(), "{claims}");
+    assert_eq!(claims["exp"].as_i64().unwrap() - iat, 3599);
+}
+
+#[tokio::test]
+async fn token_endpoint_grants_tokens_for_a_client_assertion() {
+    let emulator = start_emulator().await;
+    let assertion = jwt(&json!({
+        "iss": "https://oidc.example/cluster",
+        "sub": "system:serviceaccount:store:facade",
+        "aud": "api://AzureADTokenExchange",
+        "exp": now() + 600,
+    }));
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", SANDBOX_CLIENT_ID),
+        ("client_assertion_type", ASSERTION_TYPE),
+        ("client_assertion", assertion.as_str()),
+        ("scope", "https://onestore.microsoft.com/.default"),
+    ];
+    let guid_tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let (status, body) = emulator_token_request(&emulator.endpoints(), guid_tenant, &form).await;
+    assert_eq!(status, 200, "{body}");
+    let claims = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["tid"], guid_tenant);
+    assert_eq!(claims["appidacr"], "2");
+}
+
+#[tokio::test]
+async fn wrong_secret_is_refused_like_entra_without_echoing_it() {
+    let emulator = start_emulator().await;
+    let wrong = "wrong-secret-Qx7~must-not-echo";
+    let mut form = sandbox_secret_form();
+    form.retain(|(name, _)| *name != "client_secret");
+    form.push(("client_secret", wrong));
+    let (status, body) = emulator_token_request(&emulator.endpoints(), SANDBOX_TENANT, &form).await;
+    assert_entra_error(status, &body, 401, "invalid_client", 7_000_215);
+    assert!(!body.to_string().contains(wrong), "{body}");
+    assert!(!body.to_string().contains(SANDBOX_CLIENT_SECRET), "{body}");
+}
+
+#[tokio::test]
+async fn token_endpoint_refuses_unknown_clients_bad_scopes_grants_and_tenants() {
+    let emulator = start_emulator().await;
+    let with = |name: &'static str, value: &'static str| {
+        let mut form = sandbox_secret_form();
+        form.retain(|(n, _)| *n != name);
+        form.push((name, value));
+        form
+    };
+    let cases = [
+        (
+            SANDBOX_TENANT,
+            with("client_id", "00000000-0000-4000-8000-000000000bad"),
+            400,
+            "unauthorized_client",
+            700_016,
+        ),
+        (
+            SANDBOX_TENANT,
+            with("scope", "https://graph.microsoft.com/.default"),
+            400,
+            "invalid_scope",
+            70_011,
+        ),
+        (
+            SANDBOX_TENANT,
+            with("grant_type", "password"),
+            400,
+            "unsupported_grant_type",
+            70_003,
+        ),
+        (
+            SANDBOX_TENANT,
+            with("client_secret", ""),
+            401,
+            "invalid_client",
+            7_000_218,
+        ),
+        (
+            "not a tenant",
+            sandbox_secret_form(),
+            400,
+            "invalid_request",
+            900_023,
+        ),
+        (
+            "magic-400.onmicrosoft.com",
+            sandbox_secret_form(),
+            400,
+            "invalid_request",
+            90_002,
+        ),
+        (
+            "magic-503.onmicrosoft.com",
+            sandbox_secret_form(),
+            503,
+            "temporarily_unavailable",
+            50_000,
+        ),
+    ];
+    for (tenant, form, status, error, code) in cases {
+        let (got, body) = emulator_token_request(&emulator.endpoints(), tenant, &form).await;
+        assert_entra_error(got, &body, status, error, code);
+    }
+}
+
+#[tokio::test]
+async fn token_endpoint_refuses_malformed_and_expired_assertions() {
+    let emulator = start_emulator().await;
+    let expired = jwt(&json!({"sub": "x", "exp": now() - 60}));
+    let cases = [
+        ("not-a-jwt", 401, "invalid_client", 50_027),
+        (expired.as_str(), 400, "invalid_client", 700_024),
+    ];
+    for (assertion, status, error, code) in cases {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", assertion),
+            ("scope", "https://onestore.microsoft.com/.default"),
+        ];
+        let (got, body) =
+            emulator_token_request(&emulator.endpoints(), SANDBOX_TENANT, &form).await;
+        assert_entra_error(got, &body, status, error, code);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offline license
+
+#[tokio::test]
+async fn offline_license_has_the_documented_shape_and_correlation_headers() {
+    let emulator = start_emulator().await;
+    let token = emulator_token(&emulator.endpoints()).await;
+    let answer = license(&emulator.endpoints(), "9NBLGGH4R2R6", Some(&token)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.assert_store_ids();
+    assert_eq!(answer.header("ms-cv"), "xu2HW6SrSkyfHyFh.0.1");
+    let body = answer.json();
+    assert_eq!(
+        body["productKey"],
+        json!({"productId": "9NBLGGH4R2R6", "skuId": "0016"})
+    );
+    assert_eq!(body["contentId"], "c-1");
+    assert_eq!(body["requestorId"], claims(&token)["tid"]);
+    assert!(body["licenseInstanceId"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(body["licenseBlob"].as_str().unwrap())
+        .expect("licenseBlob is standard base64");
+    assert!(String::from_utf8_lossy(&blob).contains("<ProductId>9NBLGGH4R2R6</ProductId>"));
+}
+
+#[tokio::test]
+async fn offline_license_is_deterministic_per_tenant_and_ids() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let first = license(&endpoints, "9NBLGGH4R2R6", Some(&token))
+        .await
+        .json();
+    let again = license(&endpoints, "9NBLGGH4R2R6", Some(&token))
+        .await
+        .json();
+    assert_eq!(first, again);
+    let other_product = license(&endpoints, "9WZDNCRFJ3TJ", Some(&token))
+        .await
+        .json();
+    assert_ne!(first["licenseBlob"], other_product["licenseBlob"]);
+    let (_, other_tenant) = emulator_token_request(
+        &endpoints,
+        "fabrikam.onmicrosoft.com",
+        &sandbox_secret_form(),
+    )
+    .await;
+    let other_token = other_tenant["access_token"].as_str().unwrap();
+    let for_fabrikam = license(&endpoints, "9NBLGGH4R2R6", Some(other_token))
+        .await
+        .json();
+    assert_ne!(first["licenseBlob"], for_fabrikam["licenseBlob"]);
+}
+
+#[tokio::test]
+async fn offline_license_needs_a_token_issued_by_the_emulator() {
+    let emulator = start_emulator().await;
+    let endpoints = emulator.endpoints();
+    let missing = license(&endpoints, "9NBLGGH4R2R6", None).await;
+    missing.assert_unauthorized("PartnerAadTicketRequired", "no token");
+
+    let foreign = jwt(&json!({"aud": ONESTORE, "appid": SANDBOX_CLIENT_ID, "exp": now() + 600}));
+    let token = emulator_token(&endpoints).await;
+    let edited = with_exp(&token, now() + 86_400);
+    for bad in [foreign.as_str(), edited.as_str(), "opaque"] {
+        let answer = license(&endpoints, "9NBLGGH4R2R6", Some(bad)).await;
+        answer.assert_unauthorized("AuthenticationTokenInvalid", bad);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key renewal
+
+#[tokio::test]
+async fn renew_issues_a_30_day_key_for_the_same_client_carrying_user_and_payload() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    for host in [KeyHost::Collections, KeyHost::Purchase] {
+        let old = StoreKeySpec::new(host)
+            .user_id("user-42")
+            .payload("opaque-payload")
+            .issued_at(now() - 3600)
+            .mint();
+        let answer = renew(&endpoints, host, &token, &old).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.assert_store_ids();
+        assert_eq!(answer.header("ms-cv"), "xu2HW6SrSkyfHyFh.0.2");
+        let new_key = answer.json()["key"].as_str().unwrap().to_owned();
+        assert_ne!(new_key, old);
+        let claims = claims(&new_key);
+        let aud = key_audience(host);
+        assert_eq!(
+            (claims["aud"].as_str(), claims["iss"].as_str()),
+            (Some(aud), Some(aud))
+        );
+        let iat = claims["iat"].as_i64().unwrap();
+        assert!(iat >= now() - 60, "{claims}");
+        assert_eq!(claims["nbf"].as_i64(), Some(iat));
+        assert_eq!(claims["exp"].as_i64(), Some(iat + 30 * 24 * 3600));
+        let claim = |name: &str| claims[format!("{KEY_CLAIMS}{name}")].clone();
+        assert_eq!(claim("clientId"), SANDBOX_CLIENT_ID);
+        assert_eq!(claim("userId"), "user-42");
+        assert_eq!(claim("payload"), "opaque-payload");
+        let base = match host {
+            KeyHost::Collections => endpoints.collections_url(),
+            KeyHost::Purchase => endpoints.purchase_url(),
+        };
+        assert_eq!(claim("refreshUri"), format!("{base}/v6.0/b2b/keys/renew"));
+        // The new key renews in turn.
+        assert_eq!(renew(&endpoints, host, &token, &new_key).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn renew_refuses_a_key_sent_to_the_other_host() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let collections_key = StoreKeySpec::new(KeyHost::Collections).mint();
+    let answer = renew(&endpoints, KeyHost::Purchase, &token, &collections_key).await;
+    answer.assert_unauthorized("AuthenticationTokenInvalid", "");
+}
+
+#[tokio::test]
+async fn renew_refuses_expired_tampered_and_foreign_keys() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let expired = StoreKeySpec::new(KeyHost::Collections)
+        .issued_at(now() - 31 * 24 * 3600)
+        .mint();
+    let valid = StoreKeySpec::new(KeyHost::Collections).mint();
+    let tampered = with_exp(&valid, now() + 365 * 24 * 3600);
+    let foreign = store_key(COLLECTIONS_AUD, now(), now() + 3600);
+    for (case, key) in [
+        ("expired", &expired),
+        ("tampered", &tampered),
+        ("foreign", &foreign),
+    ] {
+        let answer = renew(&endpoints, KeyHost::Collections, &token, key).await;
+        answer.assert_unauthorized("AuthenticationTokenInvalid", case);
+        assert!(
+            !answer.body.contains(key.as_str()),
+            "{case}: the key is echoed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn renew_refuses_a_key_whose_client_id_is_not_the_tickets_appid() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = StoreKeySpec::new(KeyHost::Purchase)
+        .client_id("11111111-2222-4333-8444-555555555555")
+        .mint();
+    let answer = renew(&endpoints, KeyHost::Purchase, &token, &key).await;
+    answer.assert_unauthorized("InconsistentClientId", "");
+}
+
+#[tokio::test]
+async fn renew_without_a_ticket_or_with_a_bad_one_is_unauthorized() {
+    let emulator = start_emulator().await;
+    let endpoints = emulator.endpoints();
+    let key = StoreKeySpec::new(KeyHost::Collections).mint();
+    let answer = renew(&endpoints, KeyHost::Collections, "", &key).await;
+    answer.assert_unauthorized("PartnerAadTicketRequired", "");
+    let answer = renew(&endpoints, KeyHost::Collections, "not-a-token", &key).await;
+    answer.assert_unauthorized("AuthenticationTokenInvalid", "");
+}
+
+#[tokio::test]
+async fn renew_with_a_field_missing_is_invalid_parameter_naming_it() {
+    let emulator = start_emulator().await;
+    let endpoints = emulator.endpoints();
+    let cases = [
+        (json!({"key": "k"}), "serviceTicket"),
+        (json!({"serviceTicket": "t"}), "key"),
+        (json!({"serviceTicket": "t", "key": ""}), "key"),
+    ];
+    for (body, field) in cases {
+        let answer = renew_raw(&endpoints, KeyHost::Collections, &body).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.body);
+        let parsed = answer.json();
+        assert_eq!(parsed["innererror"]["code"], "InvalidParameter", "{parsed}");
+        assert!(answer.inner_data().contains(field), "{field}: {parsed}");
+    }
+    let url = format!("{}/v6.0/b2b/keys/renew", endpoints.collections_url());
+    let not_json = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status().as_u16(), 415);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Magic ids, at the HTTP level (tests/sandbox.rs checks what the facade makes of each)
+
+#[tokio::test]
+async fn magic_statuses_answer_in_the_store_error_shape_with_correlation_headers() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let throttled = license(&endpoints, magic::MAGIC_429, Some(&token)).await;
+    assert_eq!(throttled.status, 429);
+    assert_eq!(throttled.header("retry-after"), "30");
+    throttled.assert_store_ids();
+    assert_eq!(throttled.json()["code"], "TooManyRequests");
+
+    let bad = license(&endpoints, magic::MAGIC_400, Some(&token)).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.inner_data().contains("productId"), "{}", bad.body);
+
+    let key = StoreKeySpec::new(KeyHost::Purchase)
+        .payload(magic::MAGIC_401_INCONSISTENT_CLIENT_ID)
+        .mint();
+    let answer = renew(&endpoints, KeyHost::Purchase, &token, &key).await;
+    answer.assert_unauthorized("InconsistentClientId", "magic");
+
+    let key = StoreKeySpec::new(KeyHost::Collections)
+        .payload(magic::MAGIC_409)
+        .mint();
+    assert_eq!(
+        renew(&endpoints, KeyHost::Collections, &token, &key)
+            .await
+            .status,
+        409
+    );
+}
+
+#[tokio::test]
+async fn magic_reset_and_truncated_break_the_connection_before_and_mid_answer() {
+    let emulator = start_emulator().await;
+    let client = reqwest::Client::new();
+    let post = |magic| {
+        client
+            .post(license_url(&emulator.endpoints(), magic))
+            .send()
+    };
+
+    let error = post(magic::MAGIC_RESET)
+        .await
+        .expect_err("no answer arrives");
+    assert!(!error.is_timeout() && !error.is_connect(), "{error:?}");
+
+    let response = post(magic::MAGIC_TRUNCATED)
+        .await
+        .expect("the head arrives");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.content_length(), Some(4096));
+    assert!(response.headers().contains_key("ms-correlationid"));
+    assert!(response.bytes().await.is_err(), "the body must be cut off");
+}
+
+#[tokio::test]
+async fn magic_malformed_answers_200_with_a_body_that_is_not_json() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let answer = license(&endpoints, magic::MAGIC_MALFORMED, Some(&token)).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        serde_json::from_str::<Value>(&answer.body).is_err(),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn magic_slow_answers_as_usual_after_the_delay() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let started = Instant::now();
+    let answer = license(&endpoints, "MAGIC-SLOW-300", Some(&token)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn emulator_stops_when_asked_and_frees_its_port() {
+    let emulator = start_emulator().await;
+    let addr = emulator.endpoints().local_addr();
+    emulator.stop().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
