@@ -31,9 +31,10 @@ Logging:
 #[derive(Debug, Parser)]
 #[command(name = "msstore-facade", version, about, after_help = ENV_HELP)]
 pub struct Cli {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "MSSTORE_GRPC_ADDR", default_value = "0.0.0.0:50051")]
-    pub grpc_addr: String,
+    /// Address the gRPC server listens on [default: 0.0.0.0:50051, or 127.0.0.1:50051 with
+    /// --sandbox, so that made-up licenses are not served to other machines by accident].
+    #[arg(long, env = "MSSTORE_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
 
     /// Base URL of the Store for Business API (offline licenses); any base URL, http:// included.
     #[arg(
@@ -270,10 +271,15 @@ pub struct ConfigError(String);
 impl Settings {
     /// Parses flags and the environment of this process.
     pub fn from_cli(cli: Cli, azure: AzureEnv) -> Result<Self, ConfigError> {
-        let grpc_addr = cli.grpc_addr.parse().map_err(|e| {
+        let default_addr = if cli.sandbox {
+            "127.0.0.1:50051"
+        } else {
+            "0.0.0.0:50051"
+        };
+        let grpc_addr = cli.grpc_addr.as_deref().unwrap_or(default_addr);
+        let grpc_addr = grpc_addr.parse().map_err(|e| {
             ConfigError(format!(
-                "--grpc-addr (MSSTORE_GRPC_ADDR) {:?}: {e}",
-                cli.grpc_addr
+                "--grpc-addr (MSSTORE_GRPC_ADDR) {grpc_addr:?}: {e}"
             ))
         })?;
         cli.resilience.validate().map_err(ConfigError)?;
@@ -422,6 +428,17 @@ mod tests {
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("msstore-facade").chain(args.iter().copied()))
             .expect("flags parse")
+    }
+
+    #[test]
+    fn sandbox_listens_on_loopback_unless_told_otherwise() {
+        let sandbox = Settings::from_cli(cli(&["--sandbox"]), AzureEnv::default()).unwrap();
+        assert!(sandbox.grpc_addr.ip().is_loopback());
+        let normal = Settings::from_cli(cli(&[]), AzureEnv::default()).unwrap();
+        assert!(normal.grpc_addr.ip().is_unspecified());
+        let explicit = cli(&["--sandbox", "--grpc-addr", "0.0.0.0:7000"]);
+        let explicit = Settings::from_cli(explicit, AzureEnv::default()).unwrap();
+        assert_eq!(explicit.grpc_addr.to_string(), "0.0.0.0:7000");
     }
 
     #[test]

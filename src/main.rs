@@ -15,7 +15,10 @@ use msstore_facade::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return config_error(&error),
+    };
     match cli.command.take() {
         Some(Command::Emulator(args)) => {
             telemetry::init_logging(cli.log_format);
@@ -24,6 +27,29 @@ async fn main() -> ExitCode {
         Some(Command::SandboxKey(args)) => print_sandbox_key(&args),
         None => run_facade(cli).await,
     }
+}
+
+/// Help and version print as clap prints them; any other parse error is one line, exit 2.
+fn config_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = error.to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(|l| l.trim_start_matches("error: "))
+        .collect();
+    eprintln!("msstore-facade: invalid configuration: {}", line.join("; "));
+    ExitCode::from(2)
 }
 
 async fn run_facade(cli: Cli) -> ExitCode {

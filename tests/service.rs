@@ -248,6 +248,38 @@ fn help_documents_every_setting() {
         "AZURE_FEDERATED_TOKEN_FILE",
         "AZURE_AUTHORITY_HOST",
         "RUST_LOG",
+        "--shutdown-grace",
+        "MSSTORE_SHUTDOWN_GRACE",
+        "--upstream-timeout",
+        "MSSTORE_UPSTREAM_TIMEOUT",
+        "--default-deadline",
+        "MSSTORE_DEFAULT_DEADLINE",
+        "--max-attempts",
+        "MSSTORE_MAX_ATTEMPTS",
+        "--retry-base-delay",
+        "MSSTORE_RETRY_BASE_DELAY",
+        "--retry-max-delay",
+        "MSSTORE_RETRY_MAX_DELAY",
+        "--retry-budget-percent",
+        "MSSTORE_RETRY_BUDGET_PERCENT",
+        "--retry-budget-min-per-sec",
+        "MSSTORE_RETRY_BUDGET_MIN_PER_SEC",
+        "--circuit-failures",
+        "MSSTORE_CIRCUIT_FAILURES",
+        "--circuit-open-for",
+        "MSSTORE_CIRCUIT_OPEN_FOR",
+        "--max-concurrent-calls",
+        "MSSTORE_MAX_CONCURRENT_CALLS",
+        "--http2-max-concurrent-streams",
+        "MSSTORE_HTTP2_MAX_CONCURRENT_STREAMS",
+        "--http2-keepalive-interval",
+        "MSSTORE_HTTP2_KEEPALIVE_INTERVAL",
+        "--http2-keepalive-timeout",
+        "MSSTORE_HTTP2_KEEPALIVE_TIMEOUT",
+        "--max-header-list-bytes",
+        "MSSTORE_MAX_HEADER_LIST_BYTES",
+        "--upstream-max-idle-per-host",
+        "MSSTORE_UPSTREAM_MAX_IDLE_PER_HOST",
     ] {
         assert!(help.contains(name), "--help does not mention {name}");
     }
@@ -256,8 +288,10 @@ fn help_documents_every_setting() {
 #[test]
 fn invalid_configuration_exits_non_zero_with_one_clear_line() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 4] = [
+    let cases: [Case<'_>; 11] = [
         (&["--grpc-addr", "not-an-address"], &[], "--grpc-addr"),
+        (&["--upstream-timeout", "soon"], &[], "--upstream-timeout"),
+        (&["--log-format", "xml"], &[], "--log-format"),
         (
             &["--business-store-url", "ftp://x"],
             &[],
@@ -273,6 +307,23 @@ fn invalid_configuration_exits_non_zero_with_one_clear_line() {
                 ("AZURE_AUTHORITY_HOST", "not a url"),
             ],
             "AZURE_AUTHORITY_HOST",
+        ),
+        (&["--max-attempts", "0"], &[], "--max-attempts"),
+        (
+            &["--retry-budget-percent", "5000"],
+            &[],
+            "--retry-budget-percent",
+        ),
+        (&["--default-deadline", "0s"], &[], "--default-deadline"),
+        (
+            &["--retry-base-delay", "5s", "--retry-max-delay", "1s"],
+            &[],
+            "--retry-base-delay",
+        ),
+        (
+            &[],
+            &[("MSSTORE_MAX_CONCURRENT_CALLS", "0")],
+            "--max-concurrent-calls",
         ),
     ];
     for (args, env, named) in cases {

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use msstore_facade::config::{CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
+use msstore_facade::resilience::ResilienceConfig;
 use msstore_facade::Settings;
 use pb::store_entitlements_client::StoreEntitlementsClient;
 use pb::store_keys_client::StoreKeysClient;
@@ -52,7 +53,11 @@ pub struct HarnessBuilder {
     max_request_bytes: usize,
     upstream_timeout: Duration,
     shutdown_grace: Duration,
+    resilience: Vec<ResilienceTweak>,
 }
+
+/// A change to the resilience settings, see [`HarnessBuilder::resilience`].
+type ResilienceTweak = Box<dyn FnOnce(&mut ResilienceConfig) + Send>;
 
 impl HarnessBuilder {
     /// How long calls in flight may run after shutdown begins.
@@ -79,6 +84,15 @@ impl HarnessBuilder {
         self
     }
 
+    /// Changes the resilience settings (applied after every other setting, in order).
+    pub fn resilience(
+        mut self,
+        tweak: impl FnOnce(&mut ResilienceConfig) + Send + 'static,
+    ) -> Self {
+        self.resilience.push(Box::new(tweak));
+        self
+    }
+
     /// Starts the upstreams and the facade.
     pub async fn start(self) -> Harness {
         let (token, business, collections, purchase) = tokio::join!(
@@ -94,6 +108,9 @@ impl HarnessBuilder {
         settings.max_request_bytes = self.max_request_bytes;
         settings.resilience.upstream_timeout = self.upstream_timeout;
         settings.shutdown_grace = self.shutdown_grace;
+        for tweak in self.resilience {
+            tweak(&mut settings.resilience);
+        }
         let source = match self.credential {
             Credential::None => None,
             Credential::Secret => Some(CredentialSource::ClientSecret(SecretString::from(
@@ -198,6 +215,7 @@ impl Harness {
             max_request_bytes: 1024 * 1024,
             upstream_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            resilience: Vec::new(),
         }
     }
 
@@ -381,4 +399,173 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
 pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     use tonic_types::StatusExt;
     status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox emulator as upstream, and the binary as a child process.
+
+/// An emulator on an ephemeral loopback port, serving in the background.
+pub async fn start_emulator() -> msstore_facade::emulator::RunningEmulator {
+    msstore_facade::emulator::Emulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("the emulator binds a loopback port")
+        .spawn()
+}
+
+/// Settings that point every upstream and the authority at `emulator`, with the sandbox
+/// credentials.
+pub fn sandbox_settings(emulator: &msstore_facade::emulator::RunningEmulator) -> Settings {
+    Settings::for_upstream("http://127.0.0.1")
+        .and_then(|s| s.with_sandbox(emulator.endpoints().sandbox_upstreams()))
+        .expect("sandbox settings are valid")
+}
+
+/// A client-credentials token request to `emulator` with `form`, answered as (status, JSON).
+pub async fn emulator_token_request(
+    emulator: &msstore_facade::emulator::Endpoints,
+    tenant: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", emulator.authority_host());
+    let response = reqwest::Client::new()
+        .post(url)
+        .form(form)
+        .send()
+        .await
+        .expect("the emulator answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+/// The form of a sandbox client-secret token request.
+pub fn sandbox_secret_form() -> Vec<(&'static str, &'static str)> {
+    use msstore_facade::emulator::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
+    vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", SANDBOX_CLIENT_ID),
+        ("client_secret", SANDBOX_CLIENT_SECRET),
+        ("scope", "https://onestore.microsoft.com/.default"),
+    ]
+}
+
+/// An access token for the sandbox application from `emulator`.
+pub async fn emulator_token(emulator: &msstore_facade::emulator::Endpoints) -> String {
+    let tenant = msstore_facade::emulator::SANDBOX_TENANT;
+    let (status, body) = emulator_token_request(emulator, tenant, &sandbox_secret_form()).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The claims of a JWT, read without checking the signature.
+pub fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).expect("three parts");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON")
+}
+
+/// The binary as a child process with an empty environment (so no `AZURE_*` or `MSSTORE_*`
+/// variable of the machine leaks in) plus `env`. Its stdout and stderr lines arrive on one
+/// channel as they are written; it is killed on drop if a test fails half-way.
+pub struct Process {
+    child: Option<std::process::Child>,
+    output: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts `msstore-facade args...`.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::process::Stdio;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_msstore-facade"))
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let (tx, output) = std::sync::mpsc::channel();
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+        for stream in [stdout, stderr].into_iter().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child: Some(child),
+            output,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the first line containing `marker` and returns the word that follows it.
+    pub fn wait_for(&mut self, marker: &str) -> String {
+        let found = |line: &String| {
+            line.split_once(marker).map(|(_, rest)| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        };
+        if let Some(value) = self.seen.iter().find_map(found) {
+            return value;
+        }
+        loop {
+            let line = self
+                .output
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line with {marker:?}; got {:#?}", self.seen));
+            let value = found(&line);
+            self.seen.push(line);
+            if let Some(value) = value {
+                return value;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code and every output line.
+    /// The wait runs off the test's runtime, which stays free to close client connections.
+    pub async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let mut child = self.child.take().expect("still running");
+        let signalled = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(signalled.success());
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("the wait does not panic")
+            .expect("the child is waited for");
+        // Both pipes close with the process, so this ends.
+        self.seen.extend(self.output.try_iter());
+        self.seen.extend(self.output.iter());
+        (status.code(), std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
