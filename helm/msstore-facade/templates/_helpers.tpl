@@ -1,0 +1,165 @@
+{{/*
+The chart name, or nameOverride, truncated to 63 characters (DNS label limit).
+*/}}
+{{- define "msstore-facade.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: fullnameOverride, else "<release>-<name>" (just the release when it already
+contains the name), truncated to 63 characters.
+*/}}
+{{- define "msstore-facade.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"<fullname>-<suffix>" within 63 characters: the full name is cut to leave room for the suffix.
+*/}}
+{{- define "msstore-facade.suffixedName" -}}
+{{- $suffix := .suffix }}
+{{- $max := sub 62 (len $suffix) | int }}
+{{- printf "%s-%s" (include "msstore-facade.fullname" .ctx | trunc $max | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{- define "msstore-facade.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "msstore-facade.labels" -}}
+helm.sh/chart: {{ include "msstore-facade.chart" . }}
+{{ include "msstore-facade.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: msstore-facade
+{{- end }}
+
+{{/*
+Selector labels: name and instance only (selectors are immutable; nothing that changes
+between releases goes in here).
+*/}}
+{{- define "msstore-facade.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "msstore-facade.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "msstore-facade.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "msstore-facade.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {registry, repository, tag, digest}; the digest wins over the tag.
+*/}}
+{{- define "msstore-facade.imageRef" -}}
+{{- $image := .image }}
+{{- $repo := $image.repository }}
+{{- if $image.registry }}{{ $repo = printf "%s/%s" $image.registry $image.repository }}{{ end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repo $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .default $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+config.shutdownGrace in whole seconds, rounded up ("500ms" -> 1, "25s" -> 25, "1m" -> 60).
+*/}}
+{{- define "msstore-facade.shutdownGraceSeconds" -}}
+{{- $grace := .Values.config.shutdownGrace }}
+{{- if not (regexMatch "^[0-9]+(ms|s|m)$" $grace) }}
+{{- fail (printf "config.shutdownGrace %q: use whole ms, s or m, e.g. 25s" $grace) }}
+{{- end }}
+{{- $n := regexFind "^[0-9]+" $grace | int }}
+{{- if hasSuffix "ms" $grace }}
+{{- div (add $n 999) 1000 }}
+{{- else if hasSuffix "m" $grace }}
+{{- mul $n 60 }}
+{{- else }}
+{{- $n }}
+{{- end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the explicit value, which must exceed the facade's drain, or
+the drain plus 5 s (time for the last answers to flush and the process to exit).
+*/}}
+{{- define "msstore-facade.terminationGracePeriodSeconds" -}}
+{{- $grace := include "msstore-facade.shutdownGraceSeconds" . | int }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $grace 5 }}
+{{- else }}
+{{- $explicit := .Values.terminationGracePeriodSeconds | int }}
+{{- if le $explicit $grace }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.shutdownGrace (%s): the kubelet would SIGKILL the facade while it drains" $explicit .Values.config.shutdownGrace) }}
+{{- end }}
+{{- $explicit }}
+{{- end }}
+{{- end }}
+
+{{/*
+How the facade authenticates to Entra: "workloadIdentity", "secret" or "none". Fails on
+contradictory settings.
+*/}}
+{{- define "msstore-facade.credentialMode" -}}
+{{- $c := .Values.credentials }}
+{{- if .Values.config.sandbox }}
+{{- print "sandbox" }}
+{{- else if and $c.clientSecret $c.existingSecret }}
+{{- fail "set credentials.clientSecret or credentials.existingSecret, not both" }}
+{{- end }}
+{{- if .Values.workloadIdentity.enabled }}
+{{- if or $c.clientSecret $c.existingSecret }}
+{{- fail "workloadIdentity.enabled uses a federated token instead of a client secret: unset credentials.clientSecret and credentials.existingSecret" }}
+{{- end }}
+{{- if not (or .Values.workloadIdentity.clientId $c.clientId) }}
+{{- fail "workloadIdentity.enabled needs workloadIdentity.clientId (or credentials.clientId)" }}
+{{- end }}
+{{- if not .Values.serviceAccount.create }}
+{{- if not .Values.serviceAccount.name }}
+{{- fail "workloadIdentity.enabled needs a ServiceAccount: serviceAccount.create, or serviceAccount.name of one annotated with azure.workload.identity/client-id" }}
+{{- end }}
+{{- end }}
+{{- print "workloadIdentity" }}
+{{- else if or $c.clientSecret $c.existingSecret }}
+{{- if not (and $c.tenantId $c.clientId) }}
+{{- fail "a client secret needs credentials.tenantId and credentials.clientId too" }}
+{{- end }}
+{{- print "secret" }}
+{{- else if or $c.tenantId $c.clientId }}
+{{- fail "credentials.tenantId/clientId without credentials.clientSecret, credentials.existingSecret or workloadIdentity.enabled: the facade refuses half-configured credentials" }}
+{{- else }}
+{{- print "none" }}
+{{- end }}
+{{- end }}
+
+{{- define "msstore-facade.secretName" -}}
+{{- default (include "msstore-facade.fullname" .) .Values.credentials.existingSecret }}
+{{- end }}
+
+{{/*
+Labels of the `helm test` pod: deliberately not the selector labels, so the Services never
+send it traffic.
+*/}}
+{{- define "msstore-facade.testLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "msstore-facade.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/component: helm-test
+{{- end }}
