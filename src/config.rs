@@ -36,6 +36,11 @@ pub struct Cli {
     #[arg(long, env = "MSSTORE_GRPC_ADDR")]
     pub grpc_addr: Option<String>,
 
+    /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`) [default:
+    /// 0.0.0.0:9090, or 127.0.0.1:9090 with --sandbox].
+    #[arg(long, env = "MSSTORE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+
     /// Base URL of the Store for Business API (offline licenses); any base URL, http:// included.
     #[arg(
         long,
@@ -224,6 +229,8 @@ pub struct Credentials {
 pub struct Settings {
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (metrics and HTTP health).
+    pub admin_addr: SocketAddr,
     /// Store for Business base URL.
     pub business_store_url: Url,
     /// Collections base URL.
@@ -271,11 +278,17 @@ pub struct ConfigError(String);
 impl Settings {
     /// Parses flags and the environment of this process.
     pub fn from_cli(cli: Cli, azure: AzureEnv) -> Result<Self, ConfigError> {
-        let default_addr = if cli.sandbox {
-            "127.0.0.1:50051"
+        let (default_addr, default_admin) = if cli.sandbox {
+            ("127.0.0.1:50051", "127.0.0.1:9090")
         } else {
-            "0.0.0.0:50051"
+            ("0.0.0.0:50051", "0.0.0.0:9090")
         };
+        let admin_addr = cli.admin_addr.as_deref().unwrap_or(default_admin);
+        let admin_addr = admin_addr.parse().map_err(|e| {
+            ConfigError(format!(
+                "--admin-addr (MSSTORE_ADMIN_ADDR) {admin_addr:?}: {e}"
+            ))
+        })?;
         let grpc_addr = cli.grpc_addr.as_deref().unwrap_or(default_addr);
         let grpc_addr = grpc_addr.parse().map_err(|e| {
             ConfigError(format!(
@@ -290,6 +303,7 @@ impl Settings {
         }
         Ok(Self {
             grpc_addr,
+            admin_addr,
             business_store_url: base_url(
                 "--business-store-url (MSSTORE_BUSINESS_STORE_URL)",
                 &cli.business_store_url,
@@ -319,6 +333,7 @@ impl Settings {
         let url = base_url("upstream", base)?;
         Ok(Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             business_store_url: url.clone(),
             collections_url: url.clone(),
             purchase_url: url.clone(),
@@ -439,6 +454,13 @@ mod tests {
         let explicit = cli(&["--sandbox", "--grpc-addr", "0.0.0.0:7000"]);
         let explicit = Settings::from_cli(explicit, AzureEnv::default()).unwrap();
         assert_eq!(explicit.grpc_addr.to_string(), "0.0.0.0:7000");
+        assert_eq!(sandbox.admin_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(normal.admin_addr.to_string(), "0.0.0.0:9090");
+        let admin = cli(&["--admin-addr", "127.0.0.1:9191"]);
+        let admin = Settings::from_cli(admin, AzureEnv::default()).unwrap();
+        assert_eq!(admin.admin_addr.to_string(), "127.0.0.1:9191");
+        let bad = Settings::from_cli(cli(&["--admin-addr", "nope"]), AzureEnv::default());
+        assert!(bad.unwrap_err().to_string().contains("--admin-addr"));
     }
 
     #[test]

@@ -80,7 +80,15 @@ async fn run_facade(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match tokio::net::TcpListener::bind(settings.admin_addr).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            tracing::error!(addr = %settings.admin_addr, %error, "cannot listen (admin)");
+            return ExitCode::FAILURE;
+        }
+    };
     let addr = listener.local_addr().map_or(settings.grpc_addr, |a| a);
+    let admin_addr = admin.local_addr().map_or(settings.admin_addr, |a| a);
     if settings.credentials.is_none() {
         tracing::warn!(
             "no Entra credential configured (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET \
@@ -88,8 +96,8 @@ async fn run_facade(cli: Cli) -> ExitCode {
         );
     }
     let shutdown = shutdown_signal();
-    tracing::info!(grpc_addr = %addr, version = env!("CARGO_PKG_VERSION"), sandbox, "msstore-facade serving");
-    let served = msstore_facade::serve(settings, listener, shutdown).await;
+    tracing::info!(grpc_addr = %addr, %admin_addr, version = env!("CARGO_PKG_VERSION"), sandbox, "msstore-facade serving");
+    let served = msstore_facade::serve(settings, listener, Some(admin), shutdown).await;
     if let Some(emulator) = emulator {
         emulator.stop().await;
     }

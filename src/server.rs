@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::admin::AdminState;
 use crate::api::{Arrival, Backends, CallLimiter, EntitlementsService, KeysService};
 use crate::auth::TokenProvider;
 use crate::config::Settings;
@@ -19,6 +20,7 @@ use crate::proto::msstore::v1::store_entitlements_server::StoreEntitlementsServe
 use crate::proto::msstore::v1::store_keys_server::StoreKeysServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::resilience::retry::RetryPolicy;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::{http_client, StoreClient};
 
 /// Health service names reported besides `""`.
@@ -35,36 +37,59 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Builds the backends of `settings`: one HTTP client shared by the Store and token clients.
+/// Builds the backends of `settings`: one HTTP client shared by the Store and token clients,
+/// and one metrics registry for the instance.
 pub fn backends(settings: &Settings) -> Backends {
     let resilience = &settings.resilience;
     let http = http_client(CONNECT_TIMEOUT, resilience.upstream_max_idle_per_host);
+    let metrics = Arc::new(Metrics::new());
+    let limiter = Arc::new(CallLimiter::new(resilience.max_concurrent_calls));
+    let watched = limiter.clone();
+    metrics.sample_gauge("msstore_calls_in_flight", Vec::new(), move || {
+        watched.in_flight() as f64
+    });
     Backends {
-        store: StoreClient::new(http.clone(), settings),
+        store: StoreClient::new(http.clone(), settings, &metrics),
         tokens: TokenProvider::new(
             http,
             &settings.authority_host,
             settings.credentials.clone(),
             resilience.upstream_timeout,
+            metrics.clone(),
         ),
-        retry: Arc::new(RetryPolicy::new(resilience)),
-        limiter: Arc::new(CallLimiter::new(resilience.max_concurrent_calls)),
+        retry: Arc::new(RetryPolicy::new(resilience, metrics.clone())),
+        limiter,
         default_deadline: resilience.default_deadline,
+        metrics,
     }
 }
+
+/// How often recorded histogram samples are folded into buckets between scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// How long establishing an upstream connection (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves gRPC on `listener` until `shutdown` completes; then health turns NOT_SERVING,
-/// new connections are refused and calls in flight get `settings.shutdown_grace` to finish
-/// (long-lived streams such as health `Watch` would otherwise hold the process forever).
+/// Serves gRPC on `listener`, and the admin endpoints (`/metrics`, `/healthz`, `/readyz`) on
+/// `admin` when given, until `shutdown` completes; then health turns NOT_SERVING (and
+/// `/readyz` 503), new connections are refused and calls in flight get
+/// `settings.shutdown_grace` to finish (long-lived streams such as health `Watch` would
+/// otherwise hold the process forever).
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let backends = backends(&settings);
+    let admin_state = Arc::new(AdminState::new(
+        backends.metrics.clone(),
+        backends.tokens.clone(),
+    ));
+    let _background = BackgroundTasks(vec![
+        tokio::spawn(upkeep(backends.metrics.clone())),
+        tokio::spawn(serve_admin(admin, admin_state.clone())),
+    ]);
     let limit = settings.max_request_bytes;
     let entitlements = StoreEntitlementsServer::new(EntitlementsService::new(backends.clone()))
         .max_decoding_message_size(limit);
@@ -89,6 +114,7 @@ pub async fn serve(
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
+        admin_state.stop_serving();
         for name in [""].into_iter().chain(SERVICE_NAMES) {
             health
                 .set_service_status(name, ServingStatus::NotServing)
@@ -142,6 +168,32 @@ pub async fn serve(
             );
             Ok(())
         }
+    }
+}
+
+/// Tasks that live as long as the server: aborted when it returns.
+struct BackgroundTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+async fn upkeep(metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        every.tick().await;
+        metrics.run_upkeep();
+    }
+}
+
+async fn serve_admin(listener: Option<TcpListener>, state: Arc<AdminState>) {
+    let Some(listener) = listener else { return };
+    if let Err(error) = crate::admin::serve(listener, state).await {
+        tracing::error!(%error, "admin server failed");
     }
 }
 

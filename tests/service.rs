@@ -222,6 +222,8 @@ fn binary() -> Command {
     ] {
         command.env_remove(name);
     }
+    // Many binaries run at once: none may take the default admin port.
+    command.env("MSSTORE_ADMIN_ADDR", "127.0.0.1:0");
     command
 }
 
@@ -233,6 +235,8 @@ fn help_documents_every_setting() {
     for name in [
         "--grpc-addr",
         "MSSTORE_GRPC_ADDR",
+        "--admin-addr",
+        "MSSTORE_ADMIN_ADDR",
         "--business-store-url",
         "MSSTORE_BUSINESS_STORE_URL",
         "--collections-url",

@@ -11,6 +11,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
+use crate::telemetry::metrics::{Metrics, Rpc};
 use crate::telemetry::ms_cv::CorrelationVector;
 use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::{Answer, Correlation, UpstreamIds};
@@ -70,7 +71,7 @@ impl Attempts {
 
 /// One RPC from arrival to answer.
 pub struct CallContext {
-    method: &'static str,
+    rpc: Rpc,
     started: Instant,
     caller_budget: Option<Duration>,
     attempts: Arc<Attempts>,
@@ -79,11 +80,7 @@ pub struct CallContext {
 impl CallContext {
     /// Starts a call: reads deadline and correlation from the metadata, returns the message.
     /// A call whose caller sets no deadline gets `default_deadline`.
-    pub fn begin<Req>(
-        method: &'static str,
-        request: Request<Req>,
-        default_deadline: Duration,
-    ) -> (Self, Req) {
+    pub fn begin<Req>(rpc: Rpc, request: Request<Req>, default_deadline: Duration) -> (Self, Req) {
         let metadata = request.metadata();
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
         let started = request
@@ -101,7 +98,7 @@ impl CallContext {
             deadline: started + budget,
         });
         let context = Self {
-            method,
+            rpc,
             started,
             caller_budget,
             attempts,
@@ -120,6 +117,7 @@ impl CallContext {
     pub async fn complete<T>(
         &self,
         limiter: &CallLimiter,
+        metrics: &Metrics,
         work: impl Future<Output = Result<Answer<T>, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let outcome = match limiter.permits.try_acquire() {
@@ -132,9 +130,12 @@ impl CallContext {
                     .await
                     .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
             }
-            Err(_) => Err(ApiError::Overloaded {
-                limit: limiter.limit,
-            }),
+            Err(_) => {
+                metrics.shed(self.rpc);
+                Err(ApiError::Overloaded {
+                    limit: limiter.limit,
+                })
+            }
         };
         let attempts = &self.attempts;
         let result = match outcome {
@@ -149,12 +150,13 @@ impl CallContext {
                 Err(Status::from(error))
             }
         };
-        log_call(
-            self.method,
-            &result,
-            self.started.elapsed(),
-            attempts.upstream_status(),
-        );
+        let latency = self.started.elapsed();
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        metrics.rpc(self.rpc, code, latency);
+        log_call(self.rpc, &result, latency, attempts.upstream_status());
         result
     }
 }
@@ -173,6 +175,11 @@ impl CallLimiter {
             permits: Semaphore::new(limit),
             limit,
         }
+    }
+
+    /// How many calls are being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.limit.saturating_sub(self.permits.available_permits())
     }
 }
 
@@ -203,7 +210,7 @@ fn insert_ids(metadata: &mut MetadataMap, ids: &UpstreamIds) {
 }
 
 fn log_call<T>(
-    method: &'static str,
+    rpc: Rpc,
     result: &Result<Response<T>, Status>,
     latency: Duration,
     upstream_status: Option<u16>,
@@ -215,7 +222,7 @@ fn log_call<T>(
     };
     let latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3;
     tracing::info!(
-        rpc.method = method,
+        rpc.method = rpc.method(),
         grpc.code = ?code,
         latency_ms,
         upstream.http_status = upstream_status,

@@ -12,6 +12,7 @@ use crate::error::{ApiError, Operation};
 use crate::proto::msstore::v1 as pb;
 use crate::resilience::coalesce::Coalescer;
 use crate::resilience::retry::Target;
+use crate::telemetry::metrics::Rpc;
 use crate::upstream::{self, Answer, LicenseIds};
 
 /// What makes two offline-license calls identical: same ids, same tenant (and so the same
@@ -70,6 +71,7 @@ impl EntitlementsService {
             .run(key, move || fetch(backends, flight_key, attempts))
             .await;
         if joined {
+            self.backends.metrics.coalesced();
             tracing::debug!("coalesced with an identical call in flight");
         }
         outcome
@@ -121,9 +123,13 @@ impl pb::store_entitlements_server::StoreEntitlements for EntitlementsService {
         &self,
         request: Request<pb::GetOfflineLicenseRequest>,
     ) -> Result<Response<pb::OfflineLicense>, Status> {
-        let (call, request) =
-            CallContext::begin("GetOfflineLicense", request, self.backends.default_deadline);
+        let (call, request) = CallContext::begin(
+            Rpc::GetOfflineLicense,
+            request,
+            self.backends.default_deadline,
+        );
         let work = self.offline_license(request, call.attempts());
-        call.complete(&self.backends.limiter, work).await
+        call.complete(&self.backends.limiter, &self.backends.metrics, work)
+            .await
     }
 }

@@ -11,6 +11,7 @@ use crate::auth::KeyClaims;
 use crate::error::{ApiError, Operation};
 use crate::proto::msstore::v1 as pb;
 use crate::resilience::retry::Target;
+use crate::telemetry::metrics::Rpc;
 use crate::upstream::{Answer, KeyHost};
 
 /// Microsoft recommends renewing Store keys every 14 days (signing certificates rotate).
@@ -118,8 +119,9 @@ impl pb::store_keys_server::StoreKeys for KeysService {
         request: Request<pb::RenewKeyRequest>,
     ) -> Result<Response<pb::RenewKeyResponse>, Status> {
         let (call, request) =
-            CallContext::begin("RenewKey", request, self.backends.default_deadline);
+            CallContext::begin(Rpc::RenewKey, request, self.backends.default_deadline);
         let work = self.renew(request, call.attempts());
-        call.complete(&self.backends.limiter, work).await
+        call.complete(&self.backends.limiter, &self.backends.metrics, work)
+            .await
     }
 }

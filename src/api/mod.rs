@@ -18,6 +18,7 @@ pub use keys::KeysService;
 use crate::auth::{AccessToken, TenantId, TokenProvider};
 use crate::error::ApiError;
 use crate::resilience::retry::RetryPolicy;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::{Answer, StoreClient};
 
 /// What both services share (cheap to clone).
@@ -33,6 +34,8 @@ pub struct Backends {
     pub limiter: Arc<CallLimiter>,
     /// The budget of a call whose caller sets no deadline.
     pub default_deadline: Duration,
+    /// The instance's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Sends with the facade's own token for `tenant`. When the Store answers 401 the token is

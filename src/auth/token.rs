@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::TenantId;
 use crate::config::{CredentialSource, Credentials};
+use crate::telemetry::metrics::{Metrics, TokenOutcome, Upstream, UpstreamMetrics};
 use crate::upstream::retry_after;
 
 const SCOPE: &str = "https://onestore.microsoft.com/.default";
@@ -108,6 +109,8 @@ struct Inner {
     credentials: Option<Credentials>,
     timeout: Duration,
     cache: Cache<TenantId, AccessToken>,
+    metrics: Arc<Metrics>,
+    endpoint: UpstreamMetrics,
 }
 
 struct RefreshAt;
@@ -124,12 +127,14 @@ impl Expiry<TenantId, AccessToken> for RefreshAt {
 }
 
 impl TokenProvider {
-    /// A provider that asks `authority` for tokens with `credentials`, through `http`.
+    /// A provider that asks `authority` for tokens with `credentials`, through `http`,
+    /// recording token requests and cache hits in `metrics`.
     pub fn new(
         http: reqwest::Client,
         authority: &Url,
         credentials: Option<Credentials>,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let cache = Cache::builder()
             .max_capacity(MAX_TENANTS)
@@ -142,6 +147,9 @@ impl TokenProvider {
                 credentials,
                 timeout,
                 cache,
+                endpoint: metrics
+                    .upstream(Upstream::Entra, authority.host_str().unwrap_or_default()),
+                metrics,
             }),
         }
     }
@@ -163,10 +171,24 @@ impl TokenProvider {
             .or_else(|| self.default_tenant())
             .ok_or_else(|| Arc::new(TokenError::NotConfigured))?;
         let inner = &self.inner;
-        inner
+        let mut requested = false;
+        let token = inner
             .cache
-            .try_get_with_by_ref(tenant, inner.fetch(tenant))
-            .await
+            .try_get_with_by_ref(tenant, async {
+                requested = true;
+                let fetched = inner.fetch(tenant).await;
+                inner.metrics.token_request(match &fetched {
+                    Ok(_) => TokenOutcome::Issued,
+                    Err(TokenError::Rejected { .. }) => TokenOutcome::Rejected,
+                    Err(_) => TokenOutcome::Failed,
+                });
+                fetched
+            })
+            .await;
+        if !requested && token.is_ok() {
+            inner.metrics.token_cache_hit();
+        }
+        token
     }
 
     /// Drops `rejected` from the cache, unless a newer token has replaced it already.
@@ -240,6 +262,7 @@ impl Inner {
             .timeout(self.timeout)
             .send()
             .await
+            .inspect_err(|_| self.endpoint.attempt(None, started.elapsed()))
             .map_err(|e| TokenError::Unavailable {
                 http_status: None,
                 retry_after: None,
@@ -252,6 +275,8 @@ impl Inner {
                 },
             })?;
         let status = response.status();
+        self.endpoint
+            .attempt(Some(status.as_u16()), started.elapsed());
         let retry_after = retry_after(response.headers());
         let body = response
             .bytes()

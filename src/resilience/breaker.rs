@@ -61,6 +61,11 @@ impl CircuitBreaker {
         self.state.load(Ordering::Acquire) != CLOSED
     }
 
+    /// The state as a number, for the circuit gauge: 0 closed, 1 open, 2 probing (half-open).
+    pub fn state_code(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
     /// Lets a request through, or says how long the circuit stays open.
     pub fn admit(&self) -> Result<Permit<'_>, CircuitOpen> {
         let permit = |probe| Permit {

@@ -3,12 +3,14 @@
 //! upstream host (tower's `TpsBudget`) so that a failing upstream is not hammered.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tower::retry::budget::{Budget, TpsBudget};
 
 use super::ResilienceConfig;
 use crate::error::ApiError;
+use crate::telemetry::metrics::{Metrics, Upstream};
 
 /// Least time an attempt must have left for a retry to be worth sending.
 const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(50);
@@ -26,6 +28,16 @@ pub enum Target {
     Purchase,
 }
 
+impl Target {
+    fn upstream(self) -> Upstream {
+        match self {
+            Target::Business => Upstream::BusinessStore,
+            Target::Collections => Upstream::Collections,
+            Target::Purchase => Upstream::Purchase,
+        }
+    }
+}
+
 /// When a failed attempt may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAdvice {
@@ -40,11 +52,12 @@ pub struct RetryPolicy {
     base: Duration,
     cap: Duration,
     budgets: [TpsBudget; 3],
+    metrics: Arc<Metrics>,
 }
 
 impl RetryPolicy {
-    /// The policy of `config`.
-    pub fn new(config: &ResilienceConfig) -> Self {
+    /// The policy of `config`, counting retries in `metrics`.
+    pub fn new(config: &ResilienceConfig, metrics: Arc<Metrics>) -> Self {
         let budget = || {
             TpsBudget::new(
                 BUDGET_WINDOW,
@@ -56,6 +69,7 @@ impl RetryPolicy {
             max_attempts: config.max_attempts,
             base: config.retry_base_delay,
             cap: config.retry_max_delay,
+            metrics,
             budgets: [budget(), budget(), budget()],
         }
     }
@@ -113,6 +127,7 @@ impl RetryPolicy {
                 return Err(error);
             }
             tracing::debug!(?target, attempt = made + 1, ?delay, %error, "retrying");
+            self.metrics.retry(target.upstream());
             tokio::time::sleep(delay).await;
             made += 1;
         }
@@ -125,11 +140,14 @@ mod tests {
 
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_cap() {
-        let policy = RetryPolicy::new(&ResilienceConfig {
-            retry_base_delay: Duration::from_millis(100),
-            retry_max_delay: Duration::from_millis(300),
-            ..ResilienceConfig::default()
-        });
+        let policy = RetryPolicy::new(
+            &ResilienceConfig {
+                retry_base_delay: Duration::from_millis(100),
+                retry_max_delay: Duration::from_millis(300),
+                ..ResilienceConfig::default()
+            },
+            Arc::default(),
+        );
         for _ in 0..200 {
             assert!(policy.backoff(1) <= Duration::from_millis(100));
             assert!(policy.backoff(2) <= Duration::from_millis(200));

@@ -1,5 +1,6 @@
 //! Logs and correlation: the subscriber set-up, MS-CV vectors and W3C trace context.
 
+pub mod metrics;
 pub mod ms_cv;
 pub mod trace_context;
 

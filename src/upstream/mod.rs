@@ -6,7 +6,7 @@ mod error_body;
 mod keys;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::resilience::breaker::CircuitBreaker;
 use crate::resilience::retry::RetryAdvice;
 use crate::resilience::ResilienceConfig;
+use crate::telemetry::metrics::{Metrics, Upstream, UpstreamMetrics};
 
 /// Largest upstream answer body read; a larger one is treated as malformed.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -149,19 +150,31 @@ struct Base {
     prefix: String,
     host: Arc<str>,
     breaker: Arc<CircuitBreaker>,
+    metrics: Arc<UpstreamMetrics>,
 }
 
 impl Base {
-    fn new(url: &Url, config: &ResilienceConfig) -> Self {
+    fn new(url: &Url, config: &ResilienceConfig, upstream: Upstream, metrics: &Metrics) -> Self {
         let host = url.host_str().unwrap_or_default();
+        let breaker = Arc::new(CircuitBreaker::new(
+            host,
+            config.circuit_failures,
+            config.circuit_open_for,
+        ));
+        let watched = breaker.clone();
+        metrics.sample_gauge(
+            "msstore_circuit_state",
+            vec![
+                metrics::Label::from_static_parts("upstream", upstream.label()),
+                metrics::Label::new("host", host.to_owned()),
+            ],
+            move || f64::from(watched.state_code()),
+        );
         Self {
             prefix: url.as_str().trim_end_matches('/').to_owned(),
             host: host.into(),
-            breaker: Arc::new(CircuitBreaker::new(
-                host,
-                config.circuit_failures,
-                config.circuit_open_for,
-            )),
+            breaker,
+            metrics: Arc::new(metrics.upstream(upstream, host)),
         }
     }
 }
@@ -212,13 +225,14 @@ pub struct StoreClient {
 }
 
 impl StoreClient {
-    /// A client calling the base URLs of `settings` through `http`.
-    pub fn new(http: reqwest::Client, settings: &Settings) -> Self {
+    /// A client calling the base URLs of `settings` through `http`, recording in `metrics`.
+    pub fn new(http: reqwest::Client, settings: &Settings, metrics: &Metrics) -> Self {
+        let base = |url, upstream| Base::new(url, &settings.resilience, upstream, metrics);
         Self {
             http,
-            business: Base::new(&settings.business_store_url, &settings.resilience),
-            collections: Base::new(&settings.collections_url, &settings.resilience),
-            purchase: Base::new(&settings.purchase_url, &settings.resilience),
+            business: base(&settings.business_store_url, Upstream::BusinessStore),
+            collections: base(&settings.collections_url, Upstream::Collections),
+            purchase: base(&settings.purchase_url, Upstream::Purchase),
             attempt_timeout: settings.resilience.upstream_timeout,
         }
     }
@@ -244,7 +258,15 @@ impl StoreClient {
                 host: base.host.clone(),
                 retry_after: open.retry_after,
             })?;
+        let started = Instant::now();
         let outcome = self.send(&base.host, request, correlation).await;
+        let status = match &outcome {
+            Ok((status, ..)) => Some(status.as_u16()),
+            Err(UpstreamError::Status(failure)) => Some(failure.http_status.as_u16()),
+            Err(UpstreamError::Malformed { http_status, .. }) => Some(*http_status),
+            Err(_) => None,
+        };
+        base.metrics.attempt(status, started.elapsed());
         permit.record(
             outcome
                 .as_ref()
