@@ -8,7 +8,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use msstore_facade::config::LogFormat;
 use msstore_facade::proto::msstore::v1::RenewKeyRequest;
+use msstore_facade::telemetry::log_layer;
 use serde_json::json;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -47,11 +49,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
                 .with_ansi(false)
                 .with_writer(capture.clone()),
         )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_writer(capture.clone()),
-        )
+        .with(log_layer(LogFormat::Json, capture.clone(), false))
         .init();
 
     let h = Harness::start().await;
@@ -115,6 +113,18 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         "one text + one JSON line per RPC"
     );
     assert!(logs.contains("TRACE"), "no trace-level lines captured");
+    // The JSON lines are the production format: they parse, and RPC lines carry the trace id.
+    let json_rpc_lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .filter(|line: &serde_json::Value| line["message"] == "rpc finished")
+        .collect();
+    assert_eq!(json_rpc_lines.len(), 3);
+    for line in &json_rpc_lines {
+        assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
+        assert!(line["ms_cv"].is_string(), "{line}");
+    }
     assert!(
         logs.contains("hyper") || logs.contains("h2"),
         "HTTP stack not captured"

@@ -156,7 +156,7 @@ impl CallContext {
             Err(status) => status.code(),
         };
         metrics.rpc(self.rpc, code, latency);
-        log_call(self.rpc, &result, latency, attempts.upstream_status());
+        log_call(self.rpc, &result, latency, attempts);
         result
     }
 }
@@ -213,20 +213,33 @@ fn log_call<T>(
     rpc: Rpc,
     result: &Result<Response<T>, Status>,
     latency: Duration,
-    upstream_status: Option<u16>,
+    attempts: &Attempts,
 ) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
     let (code, message) = match result {
         Ok(_) => (tonic::Code::Ok, None),
         // Status messages are built by crate::error and never carry a secret.
         Err(status) => (status.code(), Some(status.message())),
     };
     let latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3;
+    // The last MS-CV sent upstream (or the call's own, when nothing was sent).
+    let ms_cv = attempts
+        .ms_cv
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
     tracing::info!(
+        rpc.service = rpc.service(),
         rpc.method = rpc.method(),
         grpc.code = ?code,
         latency_ms,
-        upstream.http_status = upstream_status,
+        upstream.http_status = attempts.upstream_status(),
         grpc.message = message,
+        trace_id = %attempts.trace.trace_id_hex(),
+        span_id = %attempts.trace.span_id_hex(),
+        ms_cv = %ms_cv,
         "rpc finished"
     );
 }

@@ -3,10 +3,12 @@
 
 use std::fmt::Write;
 
-/// The trace a call belongs to.
+/// The trace a call belongs to, and the call's own span id (its parent in the caller's trace
+/// is the incoming `traceparent`'s span).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     trace_id: u128,
+    span_id: u64,
     flags: u8,
 }
 
@@ -15,6 +17,7 @@ impl TraceContext {
     pub fn for_call(incoming: Option<&str>) -> Self {
         incoming.and_then(Self::parse).unwrap_or_else(|| Self {
             trace_id: fastrand::u128(1..),
+            span_id: fastrand::u64(1..),
             flags: 0,
         })
     }
@@ -31,15 +34,26 @@ impl TraceContext {
             0xff => false,
             _ => true,
         };
-        (rest_ok && trace_id != 0 && parent_id != 0).then_some(Self {
+        (rest_ok && trace_id != 0 && parent_id != 0).then(|| Self {
             trace_id,
+            span_id: fastrand::u64(1..),
             flags: flags as u8,
         })
     }
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        self.trace_id_hex().to_string()
+    }
+
+    /// The trace id, displayed as 32 lower-case hex digits (no allocation).
+    pub fn trace_id_hex(&self) -> impl std::fmt::Display {
+        Hex32(self.trace_id)
+    }
+
+    /// The call's own span id, displayed as 16 lower-case hex digits (no allocation).
+    pub fn span_id_hex(&self) -> impl std::fmt::Display {
+        Hex16(self.span_id)
     }
 
     /// A `traceparent` for one upstream attempt: this trace, a new span id.
@@ -52,6 +66,22 @@ impl TraceContext {
             self.trace_id, self.flags
         );
         out
+    }
+}
+
+struct Hex32(u128);
+
+impl std::fmt::Display for Hex32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+struct Hex16(u64);
+
+impl std::fmt::Display for Hex16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 
