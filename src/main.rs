@@ -64,7 +64,16 @@ async fn run_facade(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(settings.log_format);
+    let tracer = match telemetry::init_telemetry(settings.log_format) {
+        Ok(tracer) => tracer,
+        Err(error) => {
+            eprintln!("msstore-facade: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if tracer.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
     let (settings, emulator) = if sandbox {
         match start_sandbox(settings, azure_ignored).await {
             Some((settings, emulator)) => (settings, Some(emulator)),
@@ -100,6 +109,10 @@ async fn run_facade(cli: Cli) -> ExitCode {
     let served = msstore_facade::serve(settings, listener, Some(admin), shutdown).await;
     if let Some(emulator) = emulator {
         emulator.stop().await;
+    }
+    if let Some(tracer) = tracer {
+        // Flushes the spans still batched; the exporter needs the runtime, so not on it.
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
     }
     exit_code(served, "msstore-facade")
 }

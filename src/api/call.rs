@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::telemetry::metrics::{Metrics, Rpc};
 use crate::telemetry::ms_cv::CorrelationVector;
+use crate::telemetry::otel;
 use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::{Answer, Correlation, UpstreamIds};
 
@@ -75,6 +78,8 @@ pub struct CallContext {
     started: Instant,
     caller_budget: Option<Duration>,
     attempts: Arc<Attempts>,
+    /// The server span (disabled unless traces are exported).
+    span: tracing::Span,
 }
 
 impl CallContext {
@@ -97,11 +102,17 @@ impl CallContext {
             upstream_status: AtomicU16::new(0),
             deadline: started + budget,
         });
+        let span = if otel::active() {
+            server_span(rpc, request.metadata(), &attempts)
+        } else {
+            tracing::Span::none()
+        };
         let context = Self {
             rpc,
             started,
             caller_budget,
             attempts,
+            span,
         };
         (context, request.into_inner())
     }
@@ -126,7 +137,7 @@ impl CallContext {
                 let budget = self
                     .caller_budget
                     .unwrap_or_else(|| self.attempts.deadline - self.started);
-                tokio::time::timeout_at(deadline, work)
+                tokio::time::timeout_at(deadline, work.instrument(self.span.clone()))
                     .await
                     .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
             }
@@ -156,6 +167,9 @@ impl CallContext {
             Err(status) => status.code(),
         };
         metrics.rpc(self.rpc, code, latency);
+        if !self.span.is_disabled() {
+            record_outcome(&self.span, code);
+        }
         log_call(self.rpc, &result, latency, attempts);
         result
     }
@@ -180,6 +194,45 @@ impl CallLimiter {
     /// How many calls are being handled now.
     pub fn in_flight(&self) -> usize {
         self.limit.saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// The server span of an RPC, following the OpenTelemetry RPC conventions, continuing the
+/// caller's W3C trace context when the metadata carries one.
+fn server_span(rpc: Rpc, metadata: &MetadataMap, attempts: &Attempts) -> tracing::Span {
+    let ms_cv = attempts
+        .ms_cv
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .to_string();
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = rpc.full_name(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = rpc.service(),
+        rpc.method = rpc.method(),
+        rpc.grpc.status_code = Empty,
+        ms_cv = ms_cv,
+    );
+    otel::continue_from(&span, &metadata.clone().into_headers());
+    span
+}
+
+/// Codes that are the server's fault: the span's status is ERROR (OpenTelemetry conventions).
+fn server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
+}
+
+fn record_outcome(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if server_error(code) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

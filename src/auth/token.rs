@@ -17,7 +17,14 @@ use serde::Deserialize;
 use super::TenantId;
 use crate::config::{CredentialSource, Credentials};
 use crate::telemetry::metrics::{Metrics, TokenOutcome, Upstream, UpstreamMetrics};
-use crate::upstream::retry_after;
+use crate::telemetry::otel;
+use crate::upstream::{client_span, record_response, retry_after, Route};
+
+const TOKEN_ROUTE: Route = Route {
+    name: "POST /{tenant}/oauth2/v2.0/token",
+    method: "POST",
+    template: "/{tenant}/oauth2/v2.0/token",
+};
 
 const SCOPE: &str = "https://onestore.microsoft.com/.default";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -111,6 +118,7 @@ struct Inner {
     cache: Cache<TenantId, AccessToken>,
     metrics: Arc<Metrics>,
     endpoint: UpstreamMetrics,
+    host: String,
 }
 
 struct RefreshAt;
@@ -149,6 +157,7 @@ impl TokenProvider {
                 cache,
                 endpoint: metrics
                     .upstream(Upstream::Entra, authority.host_str().unwrap_or_default()),
+                host: authority.host_str().unwrap_or_default().to_owned(),
                 metrics,
             }),
         }
@@ -233,7 +242,29 @@ struct TokenErrorBody {
 }
 
 impl Inner {
+    /// One token request, in a client span when traces are exported.
     async fn fetch(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
+        use tracing::Instrument;
+        let span = client_span(TOKEN_ROUTE, &self.host);
+        let fetched = self.request(tenant, &span).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let status = match &fetched {
+                Ok(_) => Some(200),
+                Err(TokenError::Rejected { http_status, .. })
+                | Err(TokenError::Malformed { http_status }) => Some(*http_status),
+                Err(TokenError::Unavailable { http_status, .. }) => *http_status,
+                Err(_) => None,
+            };
+            record_response(&span, status);
+        }
+        fetched
+    }
+
+    async fn request(
+        &self,
+        tenant: &TenantId,
+        span: &tracing::Span,
+    ) -> Result<AccessToken, TokenError> {
         let credentials = self.credentials.as_ref().ok_or(TokenError::NotConfigured)?;
         let assertion;
         let mut form: Vec<(&str, &str)> = vec![
@@ -255,10 +286,11 @@ impl Inner {
         }
         let url = format!("{}/{}/oauth2/v2.0/token", self.authority, tenant.as_str());
         let started = Instant::now();
-        let response = self
-            .http
-            .post(url)
-            .form(&form)
+        let mut request = self.http.post(url).form(&form);
+        if let Some(traceparent) = otel::traceparent(span) {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request
             .timeout(self.timeout)
             .send()
             .await

@@ -54,6 +54,14 @@ impl Rpc {
         }
     }
 
+    /// `service/method`, the RPC's span name.
+    pub fn full_name(self) -> &'static str {
+        match self {
+            Rpc::GetOfflineLicense => "msstore.v1.StoreEntitlements/GetOfflineLicense",
+            Rpc::RenewKey => "msstore.v1.StoreKeys/RenewKey",
+        }
+    }
+
     /// The method name.
     pub fn method(self) -> &'static str {
         match self {

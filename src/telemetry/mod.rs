@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod ms_cv;
+pub mod otel;
 pub mod trace_context;
 
 use std::io::IsTerminal;
@@ -23,6 +24,26 @@ pub fn init_logging(format: LogFormat) {
         .with(filter)
         .with(log_layer(format, std::io::stderr, ansi))
         .init();
+}
+
+/// Installs logs and, when the environment names an OTLP endpoint, the OpenTelemetry layer;
+/// returns the tracer provider to shut down (flushing spans) before the process exits. Must
+/// run inside a Tokio runtime.
+pub fn init_telemetry(
+    format: LogFormat,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, otel::OtelError> {
+    let Some(provider) = otel::provider_from_env()? else {
+        init_logging(format);
+        return Ok(None);
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::registry()
+        .with(otel::layer(&provider))
+        .with(filter)
+        .with(log_layer(format, std::io::stderr, ansi))
+        .init();
+    Ok(Some(provider))
 }
 
 /// The log line formatter of `format`: `text` for humans, `json` one object per line with the

@@ -4,7 +4,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use serde::Deserialize;
 
-use super::{Answer, Correlation, StoreClient, UpstreamError};
+use super::{Answer, Correlation, Route, StoreClient, UpstreamError};
 use crate::auth::AccessToken;
 
 /// Everything but RFC 3986 unreserved characters is escaped, so an id is always exactly one
@@ -58,6 +58,12 @@ pub struct OfflineLicense {
     pub content_id: Option<String>,
 }
 
+const LICENSE_ROUTE: Route = Route {
+    name: "POST /V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}",
+    method: "POST",
+    template: "/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}",
+};
+
 impl StoreClient {
     /// Fetches one offline license with `token`.
     pub async fn offline_license(
@@ -79,7 +85,9 @@ impl StoreClient {
             .header(AUTHORIZATION, token.bearer())
             .header(CONTENT_LENGTH, HeaderValue::from_static("0"));
         let host = &self.business.host;
-        let (status, ids, body) = self.exchange(&self.business, request, correlation).await?;
+        let (status, ids, body) = self
+            .exchange(&self.business, LICENSE_ROUTE, request, correlation)
+            .await?;
         let value = serde_json::from_slice::<OfflineLicense>(&body)
             .ok()
             .filter(|license| !license.license_blob.is_empty())

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Answer, Correlation, StoreClient, UpstreamError};
+use super::{Answer, Correlation, Route, StoreClient, UpstreamError};
 
 /// Which Store service a key belongs to, and so which host renews it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,12 @@ struct RenewAnswer {
     key: String,
 }
 
+const RENEW_ROUTE: Route = Route {
+    name: "POST /v6.0/b2b/keys/renew",
+    method: "POST",
+    template: "/v6.0/b2b/keys/renew",
+};
+
 impl StoreClient {
     /// Renews `key` on `host`, proving the caller with `service_ticket`.
     pub async fn renew_key(
@@ -45,7 +51,9 @@ impl StoreClient {
                 service_ticket,
                 key,
             });
-        let (status, ids, body) = self.exchange(base, request, correlation).await?;
+        let (status, ids, body) = self
+            .exchange(base, RENEW_ROUTE, request, correlation)
+            .await?;
         let value = serde_json::from_slice::<RenewAnswer>(&body)
             .ok()
             .filter(|answer| !answer.key.is_empty())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
+use tracing::Instrument;
 
 pub use business_store::{LicenseIds, OfflineLicense, ProductKey};
 pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
@@ -21,6 +22,7 @@ use crate::resilience::breaker::CircuitBreaker;
 use crate::resilience::retry::RetryAdvice;
 use crate::resilience::ResilienceConfig;
 use crate::telemetry::metrics::{Metrics, Upstream, UpstreamMetrics};
+use crate::telemetry::otel;
 
 /// Largest upstream answer body read; a larger one is treated as malformed.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -42,6 +44,53 @@ pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize) -> reqwe
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("the HTTP client's fixed configuration is valid")
+}
+
+/// What a client span names an upstream request by: never the URL itself, which carries ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The span name, `METHOD template`.
+    pub name: &'static str,
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path with its variable parts as `{placeholders}`.
+    pub template: &'static str,
+}
+
+/// A client span for one attempt of `route` to `host` (disabled unless traces are exported).
+pub fn client_span(route: Route, host: &str) -> tracing::Span {
+    if !otel::active() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "upstream",
+        otel.name = route.name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = route.method,
+        url.template = route.template,
+        server.address = host,
+        http.response.status_code = tracing::field::Empty,
+        ms_cv = tracing::field::Empty,
+    )
+}
+
+/// Records the answer's HTTP status (or its absence) on a client span.
+pub fn record_response(span: &tracing::Span, status: Option<u16>) {
+    if span.is_disabled() {
+        return;
+    }
+    match status {
+        Some(status) => {
+            span.record("http.response.status_code", i64::from(status));
+            if status >= 400 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        None => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
 }
 
 /// Correlation headers for one upstream attempt.
@@ -248,6 +297,7 @@ impl StoreClient {
     async fn exchange(
         &self,
         base: &Base,
+        route: Route,
         request: reqwest::RequestBuilder,
         correlation: &Correlation,
     ) -> Result<(StatusCode, UpstreamIds, Bytes), UpstreamError> {
@@ -259,7 +309,14 @@ impl StoreClient {
                 retry_after: open.retry_after,
             })?;
         let started = Instant::now();
-        let outcome = self.send(&base.host, request, correlation).await;
+        let span = client_span(route, &base.host);
+        span.record("ms_cv", correlation.ms_cv.as_str());
+        let traceparent = otel::traceparent(&span);
+        let traceparent = traceparent.as_deref().unwrap_or(&correlation.traceparent);
+        let outcome = self
+            .send(&base.host, request, &correlation.ms_cv, traceparent)
+            .instrument(span.clone())
+            .await;
         let status = match &outcome {
             Ok((status, ..)) => Some(status.as_u16()),
             Err(UpstreamError::Status(failure)) => Some(failure.http_status.as_u16()),
@@ -267,6 +324,7 @@ impl StoreClient {
             Err(_) => None,
         };
         base.metrics.attempt(status, started.elapsed());
+        record_response(&span, status);
         permit.record(
             outcome
                 .as_ref()
@@ -280,18 +338,16 @@ impl StoreClient {
         &self,
         host: &Arc<str>,
         request: reqwest::RequestBuilder,
-        correlation: &Correlation,
+        ms_cv: &str,
+        traceparent: &str,
     ) -> Result<(StatusCode, UpstreamIds, Bytes), UpstreamError> {
         let transport = |kind| UpstreamError::Transport {
             host: host.clone(),
             kind,
         };
         let mut response = request
-            .header(HeaderName::from_static("ms-cv"), &correlation.ms_cv)
-            .header(
-                HeaderName::from_static("traceparent"),
-                &correlation.traceparent,
-            )
+            .header(HeaderName::from_static("ms-cv"), ms_cv)
+            .header(HeaderName::from_static("traceparent"), traceparent)
             .timeout(self.attempt_timeout)
             .send()
             .await
