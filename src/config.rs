@@ -24,8 +24,12 @@ Entra ID credentials (environment only; secrets are never taken from flags):
                               (plain http:// accepted, for loopback tests)
 With no credential configured the facade still serves: RenewKey callers may pass service_ticket.
 
-Logging:
-  RUST_LOG                    log filter [default: info]";
+Logging and traces:
+  RUST_LOG                    log filter [default: info]
+  OTEL_EXPORTER_OTLP_ENDPOINT export traces over OTLP/gRPC to this collector (e.g.
+                              http://otel-collector:4317) [default: unset, no export]
+  OTEL_SERVICE_NAME, OTEL_*   the standard OpenTelemetry SDK settings (resource, headers,
+                              timeout, sampler, batching)";
 
 /// Command-line flags, each with an environment fallback.
 #[derive(Debug, Parser)]

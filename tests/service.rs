@@ -219,6 +219,8 @@ fn binary() -> Command {
         "MSSTORE_PURCHASE_URL",
         "MSSTORE_LOG_FORMAT",
         "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     ] {
         command.env_remove(name);
     }
@@ -252,6 +254,8 @@ fn help_documents_every_setting() {
         "AZURE_FEDERATED_TOKEN_FILE",
         "AZURE_AUTHORITY_HOST",
         "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
         "--shutdown-grace",
         "MSSTORE_SHUTDOWN_GRACE",
         "--upstream-timeout",
@@ -353,6 +357,7 @@ fn invalid_configuration_exits_non_zero_with_one_clear_line() {
 struct Running {
     child: Option<std::process::Child>,
     addr: String,
+    admin_addr: String,
     log: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
@@ -372,9 +377,17 @@ impl Running {
         let log = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("grpc_addr=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = addr_tx.send(addr.to_owned());
+                let field = |name: &str| {
+                    let rest = line.split(name).nth(1)?;
+                    Some(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                };
+                if let Some(addr) = field("grpc_addr=") {
+                    let _ = addr_tx.send((addr, field("admin_addr=").unwrap_or_default()));
                 }
                 lines.push(line);
             }
@@ -383,9 +396,10 @@ impl Running {
         let mut running = Self {
             child: Some(child),
             addr: String::new(),
+            admin_addr: String::new(),
             log: Some(log),
         };
-        running.addr = addr_rx
+        (running.addr, running.admin_addr) = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the binary logs its address");
         running
@@ -482,4 +496,27 @@ async fn binary_exits_zero_once_the_grace_period_ends_with_a_call_stuck_upstream
         "{lines:?}"
     );
     assert!(stuck.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn binary_serves_metrics_and_probes_on_its_admin_address() {
+    let running = Running::start(&["--admin-addr", "127.0.0.1:0"], &[]);
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", running.admin_addr);
+        async move {
+            let response = reqwest::get(url).await.expect("admin server answers");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_owned()));
+    // No credential configured: serving is all readiness asks.
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE msstore_rpc_requests_total counter"),
+        "{metrics}"
+    );
+    let (exit, _) = running.terminate().await;
+    assert_eq!(exit, Some(0));
 }
