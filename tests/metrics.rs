@@ -262,3 +262,36 @@ where
     }
     panic!("condition not met within 10 s");
 }
+
+#[tokio::test]
+async fn readyz_turns_503_once_shutdown_begins_while_calls_drain() {
+    let mut h = Harness::builder()
+        .shutdown_grace(Duration::from_secs(10))
+        .start()
+        .await;
+    h.mount_token(3599).await;
+    h.mount_license(
+        ResponseTemplate::new(200)
+            .set_body_json(license_body())
+            .set_delay(Duration::from_millis(800)),
+    )
+    .await;
+    assert_eq!(h.facade.admin_get("/readyz").await.0, 200);
+    let mut client = h.entitlements();
+    let call = tokio::spawn(async move { client.get_offline_license(license_request()).await });
+    assert_eventually(|| async {
+        let in_flight = h.facade.metrics().await.get("msstore_calls_in_flight");
+        (in_flight == 1.0).then_some(())
+    })
+    .await;
+    h.facade.begin_shutdown();
+    let (status, body) = assert_eventually(|| async {
+        let answer = h.facade.admin_get("/readyz").await;
+        (answer.0 == 503).then_some(answer)
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
+    assert_eq!(h.facade.admin_get("/healthz").await.0, 200);
+    call.await.unwrap().expect("the call in flight finishes");
+    h.facade.stopped().await.unwrap();
+}
