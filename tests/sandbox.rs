@@ -404,14 +404,6 @@ async fn the_emulators_own_key_checks_come_back_as_unauthenticated_reasons() {
 // ---------------------------------------------------------------------------------------------
 // The binary
 
-async fn channel_to(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("the facade accepts connections")
-}
-
 async fn health(channel: &Channel) -> tonic_health::pb::health_check_response::ServingStatus {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     HealthClient::new(channel.clone())

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -353,96 +352,10 @@ fn invalid_configuration_exits_non_zero_with_one_clear_line() {
     }
 }
 
-/// The binary started as a process, killed on drop if a test fails half-way.
-struct Running {
-    child: Option<std::process::Child>,
-    addr: String,
-    admin_addr: String,
-    log: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Running {
-    /// Starts the binary on an ephemeral port and waits for it to log its address.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = binary()
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let log = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let field = |name: &str| {
-                    let rest = line.split(name).nth(1)?;
-                    Some(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    )
-                };
-                if let Some(addr) = field("grpc_addr=") {
-                    let _ = addr_tx.send((addr, field("admin_addr=").unwrap_or_default()));
-                }
-                lines.push(line);
-            }
-            lines
-        });
-        let mut running = Self {
-            child: Some(child),
-            addr: String::new(),
-            admin_addr: String::new(),
-            log: Some(log),
-        };
-        (running.addr, running.admin_addr) = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the binary logs its address");
-        running
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    /// Sends SIGTERM; returns the exit code and every log line.
-    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        let mut child = self.child.take().unwrap();
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let exit = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        let lines = self.log.take().unwrap().join().unwrap();
-        (exit.code(), lines)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn binary_serves_and_exits_zero_on_sigterm() {
-    let running = Running::start(&[], &[]);
-    let status = HealthClient::new(running.channel().await)
+    let mut running = Process::start(&["--grpc-addr", "127.0.0.1:0"], &[]);
+    let status = HealthClient::new(channel_to(&running.wait_for("grpc_addr=")).await)
         .check(HealthCheckRequest {
             service: String::new(),
         })
@@ -464,8 +377,10 @@ async fn binary_exits_zero_once_the_grace_period_ends_with_a_call_stuck_upstream
         .await;
     let business = h.business.uri();
     let authority = h.token.uri();
-    let running = Running::start(
+    let mut running = Process::start(
         &[
+            "--grpc-addr",
+            "127.0.0.1:0",
             "--business-store-url",
             &business,
             "--shutdown-grace",
@@ -480,7 +395,7 @@ async fn binary_exits_zero_once_the_grace_period_ends_with_a_call_stuck_upstream
     );
     let mut client =
         msstore_facade::proto::msstore::v1::store_entitlements_client::StoreEntitlementsClient::new(
-            running.channel().await,
+            channel_to(&running.wait_for("grpc_addr=")).await,
         );
     let stuck = tokio::spawn(async move { client.get_offline_license(license_request()).await });
     while Harness::requests(&h.business).await.is_empty() {
@@ -500,9 +415,13 @@ async fn binary_exits_zero_once_the_grace_period_ends_with_a_call_stuck_upstream
 
 #[tokio::test]
 async fn binary_serves_metrics_and_probes_on_its_admin_address() {
-    let running = Running::start(&["--admin-addr", "127.0.0.1:0"], &[]);
+    let mut running = Process::start(
+        &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+        &[],
+    );
+    let admin_addr = running.wait_for("admin_addr=");
     let get = |path: &str| {
-        let url = format!("http://{}{path}", running.admin_addr);
+        let url = format!("http://{admin_addr}{path}");
         async move {
             let response = reqwest::get(url).await.expect("admin server answers");
             (response.status().as_u16(), response.text().await.unwrap())

@@ -575,6 +575,15 @@ impl Process {
     }
 }
 
+/// A channel to the facade at `addr` (as the binary logs it).
+pub async fn channel_to(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the facade accepts connections")
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
