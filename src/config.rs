@@ -5,15 +5,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args};
+use enum_map::EnumMap;
 use reqwest::Url;
 use secrecy::SecretString;
 
-use crate::auth::TenantId;
-use crate::emulator::{DEFAULT_LISTEN, SANDBOX_CLIENT_ID};
+use crate::auth::{CredentialSource, Credentials, TenantId};
 use crate::resilience::ResilienceConfig;
+pub use crate::telemetry::LogFormat;
+use crate::upstream::Host;
 
-const ENV_HELP: &str = "\
+/// What `--help` says after the flags: the settings read from the environment only.
+pub const ENV_HELP: &str = "\
 Entra ID credentials (environment only; secrets are never taken from flags):
   AZURE_TENANT_ID             tenant the facade acts for when a request names none (GUID or domain)
   AZURE_CLIENT_ID             application (client) id registered in Partner Center
@@ -31,10 +34,9 @@ Logging and traces:
   OTEL_SERVICE_NAME, OTEL_*   the standard OpenTelemetry SDK settings (resource, headers,
                               timeout, sampler, batching)";
 
-/// Command-line flags, each with an environment fallback.
-#[derive(Debug, Parser)]
-#[command(name = "msstore-facade", version, about, after_help = ENV_HELP)]
-pub struct Cli {
+/// The flags of the facade itself, each with an environment fallback.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
     /// Address the gRPC server listens on [default: 0.0.0.0:50051, or 127.0.0.1:50051 with
     /// --sandbox, so that made-up licenses are not served to other machines by accident].
     #[arg(long, env = "MSSTORE_GRPC_ADDR")]
@@ -45,29 +47,9 @@ pub struct Cli {
     #[arg(long, env = "MSSTORE_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
 
-    /// Base URL of the Store for Business API (offline licenses); any base URL, http:// included.
-    #[arg(
-        long,
-        env = "MSSTORE_BUSINESS_STORE_URL",
-        default_value = "https://bspmts.mp.microsoft.com"
-    )]
-    pub business_store_url: String,
-
-    /// Base URL of the Store collections API, which renews collections keys.
-    #[arg(
-        long,
-        env = "MSSTORE_COLLECTIONS_URL",
-        default_value = "https://collections.mp.microsoft.com"
-    )]
-    pub collections_url: String,
-
-    /// Base URL of the Store purchase API, which renews purchase keys.
-    #[arg(
-        long,
-        env = "MSSTORE_PURCHASE_URL",
-        default_value = "https://purchase.mp.microsoft.com"
-    )]
-    pub purchase_url: String,
+    /// The base URL of every Store host.
+    #[command(flatten)]
+    pub upstream_urls: UpstreamUrls,
 
     /// Largest accepted gRPC request message, in bytes; larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "MSSTORE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
@@ -91,83 +73,50 @@ pub struct Cli {
     /// credentials (AZURE_* and the URL flags are ignored). Never on unless asked for.
     #[arg(long, env = "MSSTORE_SANDBOX", value_parser = BoolishValueParser::new())]
     pub sandbox: bool,
-
-    /// Something other than serving the facade.
-    #[command(subcommand)]
-    pub command: Option<Command>,
 }
 
-/// The commands besides serving the facade.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run only the sandbox emulator of the Store and Entra endpoints (NOT Microsoft), for
-    /// other facades and tests to use; prints the settings that point a facade at it.
-    Emulator(EmulatorArgs),
-    /// Print a Store ID key that the sandbox emulator accepts, to try RenewKey with.
-    SandboxKey(SandboxKeyArgs),
-}
+/// The base URL flag of every [`Host`] (`--business-store-url`, ...), declared by the host.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrls(pub EnumMap<Host, String>);
 
-/// Flags of `msstore-facade emulator`.
-#[derive(Debug, Args)]
-pub struct EmulatorArgs {
-    /// Address the emulator listens on (plain HTTP/1.1; keep it on loopback).
-    #[arg(long, env = "MSSTORE_EMULATOR_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-}
+impl clap::FromArgMatches for UpstreamUrls {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(EnumMap::from_fn(|host: Host| {
+            matches
+                .get_one::<String>(host.flag())
+                .cloned()
+                .unwrap_or_else(|| host.default_url().to_owned())
+        })))
+    }
 
-/// Flags of `msstore-facade sandbox-key`.
-#[derive(Debug, Args)]
-pub struct SandboxKeyArgs {
-    /// Which service the key belongs to (its `aud` claim).
-    #[arg(long = "type", value_enum, default_value_t = SandboxKeyType::Collections)]
-    pub key_type: SandboxKeyType,
-
-    /// A magic id for the key's payload claim: renewing the key then fails on purpose
-    /// (e.g. MAGIC-503; the README lists them all).
-    #[arg(long, value_parser = parse_magic)]
-    pub magic: Option<String>,
-
-    /// The key's clientId claim; anything but the sandbox client id makes the emulator answer
-    /// InconsistentClientId.
-    #[arg(long, default_value = SANDBOX_CLIENT_ID)]
-    pub client_id: String,
-
-    /// The emulator named in the key's refreshUri claim (informational: never called).
-    #[arg(long, default_value = crate::emulator::DEFAULT_BASE_URL)]
-    pub emulator_url: Url,
-}
-
-/// The service a sandbox key belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SandboxKeyType {
-    /// A collections key.
-    Collections,
-    /// A purchase key.
-    Purchase,
-}
-
-impl From<SandboxKeyType> for crate::upstream::KeyHost {
-    fn from(key_type: SandboxKeyType) -> Self {
-        match key_type {
-            SandboxKeyType::Collections => Self::Collections,
-            SandboxKeyType::Purchase => Self::Purchase,
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for (host, url) in &mut self.0 {
+            if let Some(value) = matches.get_one::<String>(host.flag()) {
+                value.clone_into(url);
+            }
         }
+        Ok(())
     }
 }
 
-fn parse_magic(value: &str) -> Result<String, String> {
-    crate::emulator::Magic::parse(value)
-        .map(|_| value.to_owned())
-        .ok_or_else(|| format!("{value:?} is not a magic id (MAGIC-503, MAGIC-SLOW-2000, ...)"))
-}
+impl Args for UpstreamUrls {
+    fn augment_args(mut command: clap::Command) -> clap::Command {
+        for host in Host::all() {
+            command = command.arg(
+                clap::Arg::new(host.flag())
+                    .long(host.flag())
+                    .env(host.env())
+                    .value_name(host.env().trim_start_matches("MSSTORE_"))
+                    .default_value(host.default_url())
+                    .help(host.help()),
+            );
+        }
+        command
+    }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
 }
 
 /// The `AZURE_*` variables, read from the environment in one place.
@@ -208,26 +157,6 @@ impl AzureEnv {
     }
 }
 
-/// How the facade proves its identity to Entra ID.
-#[derive(Debug, Clone)]
-pub enum CredentialSource {
-    /// A client secret (`AZURE_CLIENT_SECRET`).
-    ClientSecret(SecretString),
-    /// A file holding a client assertion JWT (`AZURE_FEDERATED_TOKEN_FILE`).
-    FederatedTokenFile(PathBuf),
-}
-
-/// The facade's own Entra application credentials.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    /// The tenant used when a request names none.
-    pub tenant_id: TenantId,
-    /// The application (client) id.
-    pub client_id: String,
-    /// The secret or assertion file.
-    pub source: CredentialSource,
-}
-
 /// Validated configuration of one facade instance.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -235,12 +164,8 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// Admin HTTP listen address (metrics and HTTP health).
     pub admin_addr: SocketAddr,
-    /// Store for Business base URL.
-    pub business_store_url: Url,
-    /// Collections base URL.
-    pub collections_url: Url,
-    /// Purchase base URL.
-    pub purchase_url: Url,
+    /// The base URL of every Store host.
+    pub upstreams: EnumMap<Host, Url>,
     /// Entra authority host.
     pub authority_host: Url,
     /// The facade's own credentials, if configured.
@@ -255,15 +180,12 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// Where the sandbox emulator serves each upstream, and the credentials it accepts.
+/// Where the sandbox emulator serves each upstream, and the credentials it accepts: all that
+/// sandbox start-up hands the facade.
 #[derive(Debug, Clone)]
 pub struct SandboxUpstreams {
-    /// Store for Business base URL.
-    pub business_store_url: Url,
-    /// Collections base URL.
-    pub collections_url: Url,
-    /// Purchase base URL.
-    pub purchase_url: Url,
+    /// The base URL of every Store host.
+    pub upstreams: EnumMap<Host, Url>,
     /// Entra authority.
     pub authority_host: Url,
     /// The sandbox tenant.
@@ -280,8 +202,8 @@ pub struct SandboxUpstreams {
 pub struct ConfigError(String);
 
 impl Settings {
-    /// Parses flags and the environment of this process.
-    pub fn from_cli(cli: Cli, azure: AzureEnv) -> Result<Self, ConfigError> {
+    /// Validates the flags and the `AZURE_*` environment.
+    pub fn from_cli(cli: ServeArgs, azure: AzureEnv) -> Result<Self, ConfigError> {
         let (default_addr, default_admin) = if cli.sandbox {
             ("127.0.0.1:50051", "127.0.0.1:9090")
         } else {
@@ -305,18 +227,17 @@ impl Settings {
                 "--max-request-bytes (MSSTORE_MAX_REQUEST_BYTES) must be above 0".into(),
             ));
         }
+        let mut upstreams = EnumMap::from_fn(|host: Host| {
+            Url::parse(host.default_url()).expect("Microsoft's base URLs parse")
+        });
+        for (host, value) in &cli.upstream_urls.0 {
+            let name = format!("--{} ({})", host.flag(), host.env());
+            upstreams[host] = base_url(&name, value)?;
+        }
         Ok(Self {
             grpc_addr,
             admin_addr,
-            business_store_url: base_url(
-                "--business-store-url (MSSTORE_BUSINESS_STORE_URL)",
-                &cli.business_store_url,
-            )?,
-            collections_url: base_url(
-                "--collections-url (MSSTORE_COLLECTIONS_URL)",
-                &cli.collections_url,
-            )?,
-            purchase_url: base_url("--purchase-url (MSSTORE_PURCHASE_URL)", &cli.purchase_url)?,
+            upstreams,
             authority_host: base_url(
                 "AZURE_AUTHORITY_HOST",
                 azure
@@ -338,9 +259,7 @@ impl Settings {
         Ok(Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            business_store_url: url.clone(),
-            collections_url: url.clone(),
-            purchase_url: url.clone(),
+            upstreams: EnumMap::from_fn(|_| url.clone()),
             authority_host: url,
             credentials: None,
             max_request_bytes: 1024 * 1024,
@@ -357,9 +276,7 @@ impl Settings {
     pub fn with_sandbox(mut self, sandbox: SandboxUpstreams) -> Result<Self, ConfigError> {
         let tenant_id = TenantId::parse(&sandbox.tenant_id)
             .map_err(|_| ConfigError(format!("sandbox tenant {:?}", sandbox.tenant_id)))?;
-        self.business_store_url = sandbox.business_store_url;
-        self.collections_url = sandbox.collections_url;
-        self.purchase_url = sandbox.purchase_url;
+        self.upstreams = sandbox.upstreams;
         self.authority_host = sandbox.authority_host;
         self.credentials = Some(Credentials {
             tenant_id,
@@ -444,9 +361,17 @@ fn credentials(azure: AzureEnv) -> Result<Option<Credentials>, ConfigError> {
 mod tests {
     use super::*;
 
-    fn cli(args: &[&str]) -> Cli {
-        Cli::try_parse_from(std::iter::once("msstore-facade").chain(args.iter().copied()))
+    #[derive(clap::Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn cli(args: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        TestCli::try_parse_from(std::iter::once("msstore-facade").chain(args.iter().copied()))
             .expect("flags parse")
+            .serve
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::auth::TokenError;
-use crate::resilience::retry::RetryAdvice;
+use crate::resilience::retry::{RetryAdvice, Retryable};
 use crate::upstream::{TransportFailure, UpstreamError, UpstreamIds};
 
 /// `ErrorInfo.domain` of the facade's own errors.
@@ -23,25 +23,40 @@ const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// RetryInfo delay when the upstream names none.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Which RPC an upstream failure happened in: some statuses map differently per operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `StoreEntitlements/GetOfflineLicense`.
-    GetOfflineLicense,
-    /// `StoreKeys/RenewKey`.
-    RenewKey,
+/// How one operation's upstream failures map beyond the common table: which upstream
+/// parameter names stand for which proto fields (for BadRequest), and the HTTP statuses whose
+/// gRPC code differs for this operation (RenewKey's 409 is ABORTED).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ErrorMapping {
+    /// (upstream parameter name, proto field name), e.g. `("skuId", "sku_id")`.
+    pub fields: &'static [(&'static str, &'static str)],
+    /// (HTTP status, gRPC code) pairs that replace the common table's code.
+    pub overrides: &'static [(u16, Code)],
 }
 
-impl Operation {
-    /// Upstream parameter names and the proto fields they stand for.
-    fn fields(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Self::GetOfflineLicense => &[
-                ("productId", "product_id"),
-                ("skuId", "sku_id"),
-                ("contentId", "content_id"),
-            ],
-            Self::RenewKey => &[("serviceTicket", "service_ticket"), ("key", "key")],
+impl ErrorMapping {
+    /// The common table alone: no named fields, no overrides.
+    pub const COMMON: ErrorMapping = ErrorMapping {
+        fields: &[],
+        overrides: &[],
+    };
+
+    /// The gRPC code for an HTTP status the Store answered (contract section 4).
+    pub fn code_for(&self, status: u16) -> Code {
+        if let Some((_, code)) = self.overrides.iter().find(|(s, _)| *s == status) {
+            return *code;
+        }
+        match status {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            409 | 412 => Code::FailedPrecondition,
+            429 => Code::ResourceExhausted,
+            501 => Code::Unimplemented,
+            408 | 502 | 503 | 504 => Code::Unavailable,
+            500..=599 => Code::Internal,
+            _ => Code::Unknown,
         }
     }
 }
@@ -72,8 +87,8 @@ pub enum ApiError {
     /// The upstream call failed.
     #[error("{error}")]
     Upstream {
-        /// The RPC.
-        operation: Operation,
+        /// How the operation maps upstream failures.
+        mapping: &'static ErrorMapping,
         /// What failed.
         error: Box<UpstreamError>,
     },
@@ -98,10 +113,10 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// A failure of the upstream call of `operation`.
-    pub fn upstream(operation: Operation, error: UpstreamError) -> Self {
+    /// A failure of an upstream call, mapped with `mapping`.
+    pub fn upstream(mapping: &'static ErrorMapping, error: UpstreamError) -> Self {
         Self::Upstream {
-            operation,
+            mapping,
             error: Box::new(error),
         }
     }
@@ -121,14 +136,6 @@ impl ApiError {
         }
     }
 
-    /// Whether the upstream failure behind this error may be retried, and when.
-    pub fn retry_advice(&self) -> Option<RetryAdvice> {
-        match self {
-            Self::Upstream { error, .. } => error.retry_advice(),
-            _ => None,
-        }
-    }
-
     /// The HTTP status of the upstream answer behind this error, when there was one.
     pub fn upstream_http_status(&self) -> Option<u16> {
         match self {
@@ -144,6 +151,16 @@ impl ApiError {
     /// Whether this is the Store refusing the credentials (HTTP 401).
     pub fn is_upstream_unauthorized(&self) -> bool {
         self.upstream_http_status() == Some(401)
+    }
+}
+
+impl Retryable for ApiError {
+    /// Whether the upstream failure behind this error may be retried, and when.
+    fn retry_advice(&self) -> Option<RetryAdvice> {
+        match self {
+            Self::Upstream { error, .. } => error.retry_advice(),
+            _ => None,
+        }
     }
 }
 
@@ -230,7 +247,7 @@ fn map(error: ApiError) -> Mapped {
             mapped
         }
         ApiError::Token(error) => map_token(&error),
-        ApiError::Upstream { operation, error } => map_upstream(operation, *error),
+        ApiError::Upstream { mapping, error } => map_upstream(mapping, *error),
         ApiError::DeadlineExceeded { budget } => Mapped::facade(
             Code::DeadlineExceeded,
             "DEADLINE_EXCEEDED",
@@ -304,7 +321,7 @@ fn map_token(error: &TokenError) -> Mapped {
     }
 }
 
-fn map_upstream(operation: Operation, error: UpstreamError) -> Mapped {
+fn map_upstream(mapping: &ErrorMapping, error: UpstreamError) -> Mapped {
     match error {
         UpstreamError::CircuitOpen { host, retry_after } => {
             let mut mapped = Mapped::facade(
@@ -351,7 +368,7 @@ fn map_upstream(operation: Operation, error: UpstreamError) -> Mapped {
         .with_ids(&ids),
         UpstreamError::Status(failure) => {
             let status = failure.http_status;
-            let code = code_for(operation, status);
+            let code = mapping.code_for(status.as_u16());
             let reason = failure
                 .body
                 .inner_code
@@ -388,10 +405,10 @@ fn map_upstream(operation: Operation, error: UpstreamError) -> Mapped {
                     mapped.retry = Some(failure.retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
                 }
                 Code::InvalidArgument => {
-                    let names: Vec<&str> = operation.fields().iter().map(|(u, _)| *u).collect();
+                    let names: Vec<&str> = mapping.fields.iter().map(|(u, _)| *u).collect();
                     if let Some(upstream_name) = failure.body.mentions(&names) {
-                        let field = operation
-                            .fields()
+                        let field = mapping
+                            .fields
                             .iter()
                             .find(|(u, _)| *u == upstream_name)
                             .map(|(_, proto)| *proto)
@@ -408,23 +425,6 @@ fn map_upstream(operation: Operation, error: UpstreamError) -> Mapped {
             }
             mapped
         }
-    }
-}
-
-/// The gRPC code for an HTTP status the Store answered (contract section 4).
-fn code_for(operation: Operation, status: StatusCode) -> Code {
-    match status.as_u16() {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        409 if operation == Operation::RenewKey => Code::Aborted,
-        409 | 412 => Code::FailedPrecondition,
-        429 => Code::ResourceExhausted,
-        501 => Code::Unimplemented,
-        408 | 502 | 503 | 504 => Code::Unavailable,
-        500..=599 => Code::Internal,
-        _ => Code::Unknown,
     }
 }
 
@@ -494,26 +494,17 @@ mod tests {
 
     #[test]
     fn http_statuses_map_per_operation() {
-        let both = [Operation::GetOfflineLicense, Operation::RenewKey];
-        for op in both {
-            assert_eq!(code_for(op, StatusCode::BAD_GATEWAY), Code::Unavailable);
-            assert_eq!(code_for(op, StatusCode::REQUEST_TIMEOUT), Code::Unavailable);
-            assert_eq!(
-                code_for(op, StatusCode::HTTP_VERSION_NOT_SUPPORTED),
-                Code::Internal
-            );
-            assert_eq!(
-                code_for(op, StatusCode::PRECONDITION_FAILED),
-                Code::FailedPrecondition
-            );
+        const RENEW: ErrorMapping = ErrorMapping {
+            fields: &[],
+            overrides: &[(409, Code::Aborted)],
+        };
+        for mapping in [&ErrorMapping::COMMON, &RENEW] {
+            assert_eq!(mapping.code_for(502), Code::Unavailable);
+            assert_eq!(mapping.code_for(408), Code::Unavailable);
+            assert_eq!(mapping.code_for(505), Code::Internal);
+            assert_eq!(mapping.code_for(412), Code::FailedPrecondition);
         }
-        assert_eq!(
-            code_for(Operation::GetOfflineLicense, StatusCode::CONFLICT),
-            Code::FailedPrecondition
-        );
-        assert_eq!(
-            code_for(Operation::RenewKey, StatusCode::CONFLICT),
-            Code::Aborted
-        );
+        assert_eq!(ErrorMapping::COMMON.code_for(409), Code::FailedPrecondition);
+        assert_eq!(RENEW.code_for(409), Code::Aborted);
     }
 }

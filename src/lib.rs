@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod emulator;
 pub mod error;
+pub mod ops;
 pub mod proto;
 pub mod resilience;
 pub mod server;

@@ -8,10 +8,35 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::Parser;
-use msstore_facade::config::{AzureEnv, Cli, Command, EmulatorArgs, SandboxKeyArgs, Settings};
-use msstore_facade::emulator::{self, Emulator, RunningEmulator, StoreKeySpec};
+use clap::{Parser, Subcommand};
+use msstore_facade::config::{AzureEnv, ServeArgs, Settings, ENV_HELP};
+use msstore_facade::emulator::{
+    self, Emulator, EmulatorArgs, RunningEmulator, SandboxKeyArgs, StoreKeySpec,
+};
 use msstore_facade::telemetry;
+use msstore_facade::upstream::Host;
+
+/// Command-line flags, each with an environment fallback.
+#[derive(Debug, Parser)]
+#[command(name = "msstore-facade", version, about, after_help = ENV_HELP)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+
+    /// Something other than serving the facade.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The commands besides serving the facade.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run only the sandbox emulator of the Store and Entra endpoints (NOT Microsoft), for
+    /// other facades and tests to use; prints the settings that point a facade at it.
+    Emulator(EmulatorArgs),
+    /// Print a Store ID key that the sandbox emulator accepts, to try RenewKey with.
+    SandboxKey(SandboxKeyArgs),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -21,11 +46,11 @@ async fn main() -> ExitCode {
     };
     match cli.command.take() {
         Some(Command::Emulator(args)) => {
-            telemetry::init_logging(cli.log_format);
+            telemetry::init_logging(cli.serve.log_format);
             run_emulator(args).await
         }
         Some(Command::SandboxKey(args)) => print_sandbox_key(&args),
-        None => run_facade(cli).await,
+        None => run_facade(cli.serve).await,
     }
 }
 
@@ -52,7 +77,7 @@ fn config_error(error: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn run_facade(cli: Cli) -> ExitCode {
+async fn run_facade(cli: ServeArgs) -> ExitCode {
     let sandbox = cli.sandbox;
     let azure = AzureEnv::from_process_env();
     let azure_ignored = sandbox && !azure.is_empty();
@@ -166,18 +191,16 @@ async fn run_emulator(args: EmulatorArgs) -> ExitCode {
         emulator_addr = %endpoints.local_addr(),
         "emulator serving: a local imitation of the Store and Entra endpoints, NOT Microsoft"
     );
+    let hosts: String = Host::all()
+        .map(|host| format!("export {}={}\n", host.env(), upstreams.upstreams[host]))
+        .collect();
     println!(
         "# msstore-facade emulator on {base} (NOT Microsoft). Point a facade at it with:\n\
-         export MSSTORE_BUSINESS_STORE_URL={}\n\
-         export MSSTORE_COLLECTIONS_URL={}\n\
-         export MSSTORE_PURCHASE_URL={}\n\
+         {hosts}\
          export AZURE_AUTHORITY_HOST={}\n\
          export AZURE_TENANT_ID={}\n\
          export AZURE_CLIENT_ID={}\n\
          export AZURE_CLIENT_SECRET={}",
-        upstreams.business_store_url,
-        upstreams.collections_url,
-        upstreams.purchase_url,
         upstreams.authority_host,
         upstreams.tenant_id,
         upstreams.client_id,

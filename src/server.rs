@@ -1,5 +1,5 @@
-//! Assembles the gRPC server: both Store services, health, reflection and the size-limit
-//! remapping, served until shutdown.
+//! Assembles the gRPC server: every registered Store service, health, reflection and the
+//! size-limit remapping, served until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,19 +12,15 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminState;
-use crate::api::{Arrival, Backends, CallLimiter, EntitlementsService, KeysService};
+use crate::api::{Arrival, Backends, CallLimiter};
 use crate::auth::TokenProvider;
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::proto::msstore::v1::store_entitlements_server::StoreEntitlementsServer;
-use crate::proto::msstore::v1::store_keys_server::StoreKeysServer;
+use crate::ops::{self, SERVICE_NAMES};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::{http_client, StoreClient};
-
-/// Health service names reported besides `""`.
-pub const SERVICE_NAMES: [&str; 2] = ["msstore.v1.StoreEntitlements", "msstore.v1.StoreKeys"];
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +45,7 @@ pub fn backends(settings: &Settings) -> Backends {
         watched.in_flight() as f64
     });
     Backends {
-        store: StoreClient::new(http.clone(), settings, &metrics),
+        store: StoreClient::new(http.clone(), &settings.upstreams, resilience, &metrics),
         tokens: TokenProvider::new(
             http,
             &settings.authority_host,
@@ -57,7 +53,7 @@ pub fn backends(settings: &Settings) -> Backends {
             resilience.upstream_timeout,
             metrics.clone(),
         ),
-        retry: Arc::new(RetryPolicy::new(resilience, metrics.clone())),
+        retry: Arc::new(RetryPolicy::new(resilience)),
         limiter,
         default_deadline: resilience.default_deadline,
         metrics,
@@ -91,12 +87,10 @@ pub async fn serve(
         tokio::spawn(serve_admin(admin, admin_state.clone())),
     ]);
     let limit = settings.max_request_bytes;
-    let entitlements = StoreEntitlementsServer::new(EntitlementsService::new(backends.clone()))
-        .max_decoding_message_size(limit);
-    let keys = StoreKeysServer::new(KeysService::new(backends)).max_decoding_message_size(limit);
+    let store_services = ops::routes(&backends, limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in SERVICE_NAMES {
+    for name in SERVICE_NAMES.iter().copied() {
         health
             .set_service_status(name, ServingStatus::Serving)
             .await;
@@ -115,7 +109,7 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         admin_state.stop_serving();
-        for name in [""].into_iter().chain(SERVICE_NAMES) {
+        for name in [""].iter().chain(SERVICE_NAMES).copied() {
             health
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
@@ -145,11 +139,10 @@ pub async fn serve(
                 response
             },
         ))
+        .add_routes(store_services)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(entitlements)
-        .add_service(keys)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use msstore_facade::emulator::{
-    key_audience, magic, Endpoints, StoreKeySpec, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET,
-    SANDBOX_TENANT,
+    magic, Endpoints, StoreKeySpec, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
 };
-use msstore_facade::upstream::KeyHost;
+use msstore_facade::upstream::Host;
 use serde_json::{json, Value};
 
 const ONESTORE: &str = "https://onestore.microsoft.com";
@@ -81,7 +80,7 @@ async fn emulator_and_token() -> (msstore_facade::emulator::RunningEmulator, End
 fn license_url(emulator: &Endpoints, product_id: &str) -> String {
     format!(
         "{}/V1/Products/{product_id}/0016/OfflineLicense/c-1",
-        emulator.business_store_url()
+        emulator.host_url(Host::BusinessStore)
     )
 }
 
@@ -96,11 +95,8 @@ async fn license(emulator: &Endpoints, product_id: &str, bearer: Option<&str>) -
     Answer::read(request.send().await.expect("the emulator answers")).await
 }
 
-async fn renew_raw(emulator: &Endpoints, host: KeyHost, body: &Value) -> Answer {
-    let base = match host {
-        KeyHost::Collections => emulator.collections_url(),
-        KeyHost::Purchase => emulator.purchase_url(),
-    };
+async fn renew_raw(emulator: &Endpoints, host: Host, body: &Value) -> Answer {
+    let base = emulator.host_url(host);
     let response = reqwest::Client::new()
         .post(format!("{base}/v6.0/b2b/keys/renew"))
         .header("ms-cv", "xu2HW6SrSkyfHyFh.0.2")
@@ -111,7 +107,7 @@ async fn renew_raw(emulator: &Endpoints, host: KeyHost, body: &Value) -> Answer 
     Answer::read(response).await
 }
 
-async fn renew(emulator: &Endpoints, host: KeyHost, ticket: &str, key: &str) -> Answer {
+async fn renew(emulator: &Endpoints, host: Host, ticket: &str, key: &str) -> Answer {
     renew_raw(
         emulator,
         host,
@@ -378,7 +374,7 @@ async fn offline_license_needs_a_token_issued_by_the_emulator() {
 #[tokio::test]
 async fn renew_issues_a_30_day_key_for_the_same_client_carrying_user_and_payload() {
     let (_emulator, endpoints, token) = emulator_and_token().await;
-    for host in [KeyHost::Collections, KeyHost::Purchase] {
+    for host in [Host::Collections, Host::Purchase] {
         let old = StoreKeySpec::new(host)
             .user_id("user-42")
             .payload("opaque-payload")
@@ -391,7 +387,7 @@ async fn renew_issues_a_30_day_key_for_the_same_client_carrying_user_and_payload
         let new_key = answer.json()["key"].as_str().unwrap().to_owned();
         assert_ne!(new_key, old);
         let claims = claims(&new_key);
-        let aud = key_audience(host);
+        let aud = msstore_facade::auth::key_audience(host).unwrap();
         assert_eq!(
             (claims["aud"].as_str(), claims["iss"].as_str()),
             (Some(aud), Some(aud))
@@ -404,10 +400,7 @@ async fn renew_issues_a_30_day_key_for_the_same_client_carrying_user_and_payload
         assert_eq!(claim("clientId"), SANDBOX_CLIENT_ID);
         assert_eq!(claim("userId"), "user-42");
         assert_eq!(claim("payload"), "opaque-payload");
-        let base = match host {
-            KeyHost::Collections => endpoints.collections_url(),
-            KeyHost::Purchase => endpoints.purchase_url(),
-        };
+        let base = endpoints.host_url(host);
         assert_eq!(claim("refreshUri"), format!("{base}/v6.0/b2b/keys/renew"));
         // The new key renews in turn.
         assert_eq!(renew(&endpoints, host, &token, &new_key).await.status, 200);
@@ -417,18 +410,18 @@ async fn renew_issues_a_30_day_key_for_the_same_client_carrying_user_and_payload
 #[tokio::test]
 async fn renew_refuses_a_key_sent_to_the_other_host() {
     let (_emulator, endpoints, token) = emulator_and_token().await;
-    let collections_key = StoreKeySpec::new(KeyHost::Collections).mint();
-    let answer = renew(&endpoints, KeyHost::Purchase, &token, &collections_key).await;
+    let collections_key = StoreKeySpec::new(Host::Collections).mint();
+    let answer = renew(&endpoints, Host::Purchase, &token, &collections_key).await;
     answer.assert_unauthorized("AuthenticationTokenInvalid", "");
 }
 
 #[tokio::test]
 async fn renew_refuses_expired_tampered_and_foreign_keys() {
     let (_emulator, endpoints, token) = emulator_and_token().await;
-    let expired = StoreKeySpec::new(KeyHost::Collections)
+    let expired = StoreKeySpec::new(Host::Collections)
         .issued_at(now() - 31 * 24 * 3600)
         .mint();
-    let valid = StoreKeySpec::new(KeyHost::Collections).mint();
+    let valid = StoreKeySpec::new(Host::Collections).mint();
     let tampered = with_exp(&valid, now() + 365 * 24 * 3600);
     let foreign = store_key(COLLECTIONS_AUD, now(), now() + 3600);
     for (case, key) in [
@@ -436,7 +429,7 @@ async fn renew_refuses_expired_tampered_and_foreign_keys() {
         ("tampered", &tampered),
         ("foreign", &foreign),
     ] {
-        let answer = renew(&endpoints, KeyHost::Collections, &token, key).await;
+        let answer = renew(&endpoints, Host::Collections, &token, key).await;
         answer.assert_unauthorized("AuthenticationTokenInvalid", case);
         assert!(
             !answer.body.contains(key.as_str()),
@@ -448,10 +441,10 @@ async fn renew_refuses_expired_tampered_and_foreign_keys() {
 #[tokio::test]
 async fn renew_refuses_a_key_whose_client_id_is_not_the_tickets_appid() {
     let (_emulator, endpoints, token) = emulator_and_token().await;
-    let key = StoreKeySpec::new(KeyHost::Purchase)
+    let key = StoreKeySpec::new(Host::Purchase)
         .client_id("11111111-2222-4333-8444-555555555555")
         .mint();
-    let answer = renew(&endpoints, KeyHost::Purchase, &token, &key).await;
+    let answer = renew(&endpoints, Host::Purchase, &token, &key).await;
     answer.assert_unauthorized("InconsistentClientId", "");
 }
 
@@ -459,10 +452,10 @@ async fn renew_refuses_a_key_whose_client_id_is_not_the_tickets_appid() {
 async fn renew_without_a_ticket_or_with_a_bad_one_is_unauthorized() {
     let emulator = start_emulator().await;
     let endpoints = emulator.endpoints();
-    let key = StoreKeySpec::new(KeyHost::Collections).mint();
-    let answer = renew(&endpoints, KeyHost::Collections, "", &key).await;
+    let key = StoreKeySpec::new(Host::Collections).mint();
+    let answer = renew(&endpoints, Host::Collections, "", &key).await;
     answer.assert_unauthorized("PartnerAadTicketRequired", "");
-    let answer = renew(&endpoints, KeyHost::Collections, "not-a-token", &key).await;
+    let answer = renew(&endpoints, Host::Collections, "not-a-token", &key).await;
     answer.assert_unauthorized("AuthenticationTokenInvalid", "");
 }
 
@@ -476,13 +469,16 @@ async fn renew_with_a_field_missing_is_invalid_parameter_naming_it() {
         (json!({"serviceTicket": "t", "key": ""}), "key"),
     ];
     for (body, field) in cases {
-        let answer = renew_raw(&endpoints, KeyHost::Collections, &body).await;
+        let answer = renew_raw(&endpoints, Host::Collections, &body).await;
         assert_eq!(answer.status, 400, "{body}: {}", answer.body);
         let parsed = answer.json();
         assert_eq!(parsed["innererror"]["code"], "InvalidParameter", "{parsed}");
         assert!(answer.inner_data().contains(field), "{field}: {parsed}");
     }
-    let url = format!("{}/v6.0/b2b/keys/renew", endpoints.collections_url());
+    let url = format!(
+        "{}/v6.0/b2b/keys/renew",
+        endpoints.host_url(Host::Collections)
+    );
     let not_json = reqwest::Client::new()
         .post(url)
         .header("content-type", "text/plain")
@@ -509,17 +505,17 @@ async fn magic_statuses_answer_in_the_store_error_shape_with_correlation_headers
     assert_eq!(bad.status, 400);
     assert!(bad.inner_data().contains("productId"), "{}", bad.body);
 
-    let key = StoreKeySpec::new(KeyHost::Purchase)
+    let key = StoreKeySpec::new(Host::Purchase)
         .payload(magic::MAGIC_401_INCONSISTENT_CLIENT_ID)
         .mint();
-    let answer = renew(&endpoints, KeyHost::Purchase, &token, &key).await;
+    let answer = renew(&endpoints, Host::Purchase, &token, &key).await;
     answer.assert_unauthorized("InconsistentClientId", "magic");
 
-    let key = StoreKeySpec::new(KeyHost::Collections)
+    let key = StoreKeySpec::new(Host::Collections)
         .payload(magic::MAGIC_409)
         .mint();
     assert_eq!(
-        renew(&endpoints, KeyHost::Collections, &token, &key)
+        renew(&endpoints, Host::Collections, &token, &key)
             .await
             .status,
         409

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use msstore_facade::auth::TenantId;
-use msstore_facade::config::{CredentialSource, Credentials};
+use msstore_facade::auth::{CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::Settings;
 use pb::store_entitlements_client::StoreEntitlementsClient;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use msstore_facade::auth::TenantId;
-use msstore_facade::config::{CredentialSource, Credentials};
+use msstore_facade::auth::{CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::resilience::ResilienceConfig;
 use msstore_facade::Settings;

@@ -14,7 +14,7 @@ use msstore_facade::emulator::{
 };
 use msstore_facade::error::FACADE_DOMAIN;
 use msstore_facade::proto::msstore::v1 as pb;
-use msstore_facade::upstream::KeyHost;
+use msstore_facade::upstream::Host;
 use pb::store_entitlements_client::StoreEntitlementsClient;
 use pb::store_keys_client::StoreKeysClient;
 use tonic::transport::Channel;
@@ -131,9 +131,7 @@ fn license_for(product_id: &str, tenant_id: &str) -> pb::GetOfflineLicenseReques
 /// A `RenewKey` of a collections key whose payload claim is `payload`.
 fn renew_for(payload: &str) -> pb::RenewKeyRequest {
     pb::RenewKeyRequest {
-        key: StoreKeySpec::new(KeyHost::Collections)
-            .payload(payload)
-            .mint(),
+        key: StoreKeySpec::new(Host::Collections).payload(payload).mint(),
         ..Default::default()
     }
 }
@@ -313,7 +311,7 @@ async fn token_endpoint_failures_map_to_the_token_rows_and_never_show_the_secret
     let mut settings = sandbox_settings(&emulator);
     if let Some(credentials) = settings.credentials.as_mut() {
         credentials.source =
-            msstore_facade::config::CredentialSource::ClientSecret(wrong.to_owned().into());
+            msstore_facade::auth::CredentialSource::ClientSecret(wrong.to_owned().into());
     }
     let facade = Facade::start(settings).await;
     let status = StoreEntitlementsClient::new(facade.channel.clone())
@@ -346,7 +344,7 @@ async fn facade_in_front_of_the_emulator_serves_both_rpcs() {
         ("9NBLGGH4R2R6", "0016")
     );
 
-    let old = StoreKeySpec::new(KeyHost::Purchase).mint();
+    let old = StoreKeySpec::new(Host::Purchase).mint();
     let renewed = renew_key(&facade.channel, &old, "")
         .await
         .expect("a new key");
@@ -364,13 +362,13 @@ async fn the_emulators_own_key_checks_come_back_as_unauthenticated_reasons() {
     let emulator = start_emulator().await;
     let facade = Facade::start(sandbox_settings(&emulator)).await;
     let ticket = emulator_token(&emulator.endpoints()).await;
-    let expired = StoreKeySpec::new(KeyHost::Collections)
+    let expired = StoreKeySpec::new(Host::Collections)
         .issued_at(now() - 31 * 24 * 3600)
         .mint();
-    let other_client = StoreKeySpec::new(KeyHost::Collections)
+    let other_client = StoreKeySpec::new(Host::Collections)
         .client_id("11111111-2222-4333-8444-555555555555")
         .mint();
-    let fresh = StoreKeySpec::new(KeyHost::Collections).mint();
+    let fresh = StoreKeySpec::new(Host::Collections).mint();
     let cases = [
         (
             "expired key",

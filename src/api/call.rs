@@ -13,7 +13,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::telemetry::metrics::{Metrics, Rpc};
+use crate::telemetry::metrics::RpcMetrics;
 use crate::telemetry::ms_cv::CorrelationVector;
 use crate::telemetry::otel;
 use crate::telemetry::trace_context::TraceContext;
@@ -30,6 +30,25 @@ const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 /// handler first got to run, which can be much later on a loaded machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
+
+/// The identity of an RPC method, for its span and log line.
+#[derive(Debug)]
+pub struct RpcId {
+    service: &'static str,
+    method: &'static str,
+    full_name: String,
+}
+
+impl RpcId {
+    /// `service`/`method`.
+    pub fn new(service: &'static str, method: &'static str) -> Self {
+        Self {
+            service,
+            method,
+            full_name: format!("{service}/{method}"),
+        }
+    }
+}
 
 /// What the upstream attempts of one call share: correlation, the call's deadline, and the
 /// last upstream HTTP status (for the log line). Behind an `Arc` so that a coalesced flight
@@ -73,8 +92,8 @@ impl Attempts {
 }
 
 /// One RPC from arrival to answer.
-pub struct CallContext {
-    rpc: Rpc,
+pub struct CallContext<'a> {
+    rpc: &'a RpcId,
     started: Instant,
     caller_budget: Option<Duration>,
     attempts: Arc<Attempts>,
@@ -82,10 +101,14 @@ pub struct CallContext {
     span: tracing::Span,
 }
 
-impl CallContext {
+impl<'a> CallContext<'a> {
     /// Starts a call: reads deadline and correlation from the metadata, returns the message.
     /// A call whose caller sets no deadline gets `default_deadline`.
-    pub fn begin<Req>(rpc: Rpc, request: Request<Req>, default_deadline: Duration) -> (Self, Req) {
+    pub fn begin<Req>(
+        rpc: &'a RpcId,
+        request: Request<Req>,
+        default_deadline: Duration,
+    ) -> (Self, Req) {
         let metadata = request.metadata();
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
         let started = request
@@ -128,7 +151,7 @@ impl CallContext {
     pub async fn complete<T>(
         &self,
         limiter: &CallLimiter,
-        metrics: &Metrics,
+        metrics: &RpcMetrics,
         work: impl Future<Output = Result<Answer<T>, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let outcome = match limiter.permits.try_acquire() {
@@ -142,12 +165,22 @@ impl CallContext {
                     .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
             }
             Err(_) => {
-                metrics.shed(self.rpc);
+                metrics.shed();
                 Err(ApiError::Overloaded {
                     limit: limiter.limit,
                 })
             }
         };
+        self.finish(metrics, outcome)
+    }
+
+    /// Maps the outcome, puts the upstream ids in the response metadata, records the call's
+    /// metrics and writes its log line.
+    pub fn finish<T>(
+        &self,
+        metrics: &RpcMetrics,
+        outcome: Result<Answer<T>, ApiError>,
+    ) -> Result<Response<T>, Status> {
         let attempts = &self.attempts;
         let result = match outcome {
             Ok(answer) => {
@@ -166,7 +199,7 @@ impl CallContext {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        metrics.rpc(self.rpc, code, latency);
+        metrics.finished(code, latency);
         if !self.span.is_disabled() {
             record_outcome(&self.span, code);
         }
@@ -199,7 +232,7 @@ impl CallLimiter {
 
 /// The server span of an RPC, following the OpenTelemetry RPC conventions, continuing the
 /// caller's W3C trace context when the metadata carries one.
-fn server_span(rpc: Rpc, metadata: &MetadataMap, attempts: &Attempts) -> tracing::Span {
+fn server_span(rpc: &RpcId, metadata: &MetadataMap, attempts: &Attempts) -> tracing::Span {
     let ms_cv = attempts
         .ms_cv
         .lock()
@@ -207,12 +240,12 @@ fn server_span(rpc: Rpc, metadata: &MetadataMap, attempts: &Attempts) -> tracing
         .to_string();
     let span = tracing::info_span!(
         "rpc",
-        otel.name = rpc.full_name(),
+        otel.name = rpc.full_name.as_str(),
         otel.kind = "server",
         otel.status_code = Empty,
         rpc.system = "grpc",
-        rpc.service = rpc.service(),
-        rpc.method = rpc.method(),
+        rpc.service = rpc.service,
+        rpc.method = rpc.method,
         rpc.grpc.status_code = Empty,
         ms_cv = ms_cv,
     );
@@ -263,7 +296,7 @@ fn insert_ids(metadata: &mut MetadataMap, ids: &UpstreamIds) {
 }
 
 fn log_call<T>(
-    rpc: Rpc,
+    rpc: &RpcId,
     result: &Result<Response<T>, Status>,
     latency: Duration,
     attempts: &Attempts,
@@ -284,8 +317,8 @@ fn log_call<T>(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
     tracing::info!(
-        rpc.service = rpc.service(),
-        rpc.method = rpc.method(),
+        rpc.service = rpc.service,
+        rpc.method = rpc.method,
         grpc.code = ?code,
         latency_ms,
         upstream.http_status = attempts.upstream_status(),

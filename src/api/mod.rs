@@ -1,19 +1,21 @@
-//! The gRPC surface: one file per service. Each call is validated, sent upstream (with
-//! retries, through the circuit breakers), and the answer or failure mapped back (failures
-//! through [`crate::error`]).
+//! The gRPC serving path, generic over operations: an [`Operation`] declares what is
+//! particular to one RPC, and its [`Pipeline`] runs everything else (deadline, validation,
+//! concurrency limit, coalescing, retries with the host's budget and circuit, token, exchange,
+//! mapping through [`crate::error`], metrics, span and log line). The operations themselves
+//! and the registry that places them in services are in `crate::ops`.
 
 mod call;
-mod entitlements;
-mod keys;
-mod validation;
+mod operation;
+mod pipeline;
+pub mod validation;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallLimiter};
-pub use entitlements::EntitlementsService;
-pub use keys::KeysService;
+pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallLimiter, RpcId};
+pub use operation::{Credential, Operation, Token};
+pub use pipeline::Pipeline;
 
 use crate::auth::{AccessToken, TenantId, TokenProvider};
 use crate::error::ApiError;
@@ -21,7 +23,7 @@ use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::{Answer, StoreClient};
 
-/// What both services share (cheap to clone).
+/// What every pipeline shares (cheap to clone).
 #[derive(Clone)]
 pub struct Backends {
     /// The Store REST client.

@@ -1,8 +1,7 @@
 //! Local validation: every request is checked before any upstream call.
 
-use crate::auth::{KeyClaims, KeyDecodeError, TenantId};
+use crate::auth::TenantId;
 use crate::error::{ApiError, Violation};
-use crate::upstream::KeyHost;
 
 /// Longest accepted Store id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -80,34 +79,6 @@ impl Checks {
                 violations: self.0,
             })
         }
-    }
-}
-
-/// The host that renews `key`: the declared type when given (and not contradicted by the
-/// key's `aud`), else the one its `aud` names.
-pub fn key_host(key: &str, declared: Option<KeyHost>) -> Result<KeyHost, ApiError> {
-    let decoded = KeyClaims::decode(key).map(|claims| claims.host());
-    match (declared, decoded) {
-        (None, Ok(Ok(host))) => Ok(host),
-        (None, Ok(Err(error)) | Err(error)) => Err(ApiError::invalid(
-            match error {
-                KeyDecodeError::NotAJwt => "KEY_NOT_DECODABLE",
-                KeyDecodeError::UnknownAudience => "KEY_AUDIENCE_UNKNOWN",
-            },
-            "key",
-            format!("{error}; the key type cannot be inferred"),
-        )),
-        (Some(declared), Ok(Ok(host))) if declared != host => Err(ApiError::invalid(
-            "KEY_TYPE_MISMATCH",
-            "key_type",
-            format!("is {declared:?} but the key's aud claim names {host:?}"),
-        )),
-        (Some(declared), Ok(Err(KeyDecodeError::UnknownAudience))) => Err(ApiError::invalid(
-            "KEY_TYPE_MISMATCH",
-            "key_type",
-            format!("is {declared:?} but the key's aud claim names neither Store key service"),
-        )),
-        (Some(declared), _) => Ok(declared),
     }
 }
 

@@ -4,6 +4,6 @@ mod store_key;
 mod tenant;
 mod token;
 
-pub use store_key::{KeyClaims, KeyDecodeError};
+pub use store_key::{key_audience, KeyClaims, KeyDecodeError};
 pub use tenant::{InvalidTenantId, TenantId};
-pub use token::{AccessToken, TokenError, TokenProvider};
+pub use token::{AccessToken, CredentialSource, Credentials, TokenError, TokenProvider};

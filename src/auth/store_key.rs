@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::upstream::KeyHost;
+use crate::upstream::Host;
 
 const COLLECTIONS_AUDIENCE: &str = "https://collections.mp.microsoft.com/v6.0/keys";
 const PURCHASE_AUDIENCE: &str = "https://purchase.mp.microsoft.com/v6.0/keys";
@@ -51,12 +51,22 @@ impl KeyClaims {
     }
 
     /// The host that renews this key, from its `aud` claim.
-    pub fn host(&self) -> Result<KeyHost, KeyDecodeError> {
+    pub fn host(&self) -> Result<Host, KeyDecodeError> {
         match self.aud.as_deref() {
-            Some(COLLECTIONS_AUDIENCE) => Ok(KeyHost::Collections),
-            Some(PURCHASE_AUDIENCE) => Ok(KeyHost::Purchase),
+            Some(COLLECTIONS_AUDIENCE) => Ok(Host::Collections),
+            Some(PURCHASE_AUDIENCE) => Ok(Host::Purchase),
             _ => Err(KeyDecodeError::UnknownAudience),
         }
+    }
+}
+
+/// The `aud` (and `iss`) of the Store ID keys that `host` issues and renews; only the
+/// collections and purchase hosts have keys.
+pub fn key_audience(host: Host) -> Option<&'static str> {
+    match host {
+        Host::Collections => Some(COLLECTIONS_AUDIENCE),
+        Host::Purchase => Some(PURCHASE_AUDIENCE),
+        Host::BusinessStore => None,
     }
 }
 
@@ -75,12 +85,12 @@ mod tests {
     fn audience_selects_the_host() {
         let key = jwt(r#"{"aud":"https://purchase.mp.microsoft.com/v6.0/keys","exp":10,"iat":5}"#);
         let claims = KeyClaims::decode(&key).unwrap();
-        assert_eq!(claims.host(), Ok(KeyHost::Purchase));
+        assert_eq!(claims.host(), Ok(Host::Purchase));
         assert_eq!((claims.iat, claims.exp), (Some(5), Some(10)));
         let key = jwt(r#"{"aud":"https://collections.mp.microsoft.com/v6.0/keys"}"#);
         assert_eq!(
             KeyClaims::decode(&key).unwrap().host(),
-            Ok(KeyHost::Collections)
+            Ok(Host::Collections)
         );
     }
 

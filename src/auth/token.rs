@@ -15,10 +15,29 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::TenantId;
-use crate::config::{CredentialSource, Credentials};
-use crate::telemetry::metrics::{Metrics, TokenOutcome, Upstream, UpstreamMetrics};
-use crate::telemetry::otel;
-use crate::upstream::{client_span, record_response, retry_after, Route};
+use crate::telemetry::metrics::{Metrics, TokenOutcome, UpstreamMetrics};
+use crate::telemetry::otel::{self, client_span, record_response, Route};
+use crate::upstream::retry_after;
+
+/// How the facade proves its identity to Entra ID.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// A client secret (`AZURE_CLIENT_SECRET`).
+    ClientSecret(SecretString),
+    /// A file holding a client assertion JWT (`AZURE_FEDERATED_TOKEN_FILE`).
+    FederatedTokenFile(std::path::PathBuf),
+}
+
+/// The facade's own Entra application credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The tenant used when a request names none.
+    pub tenant_id: TenantId,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The secret or assertion file.
+    pub source: CredentialSource,
+}
 
 const TOKEN_ROUTE: Route = Route {
     name: "POST /{tenant}/oauth2/v2.0/token",
@@ -155,8 +174,7 @@ impl TokenProvider {
                 credentials,
                 timeout,
                 cache,
-                endpoint: metrics
-                    .upstream(Upstream::Entra, authority.host_str().unwrap_or_default()),
+                endpoint: metrics.upstream("entra", authority.host_str().unwrap_or_default()),
                 host: authority.host_str().unwrap_or_default().to_owned(),
                 metrics,
             }),

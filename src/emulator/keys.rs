@@ -26,29 +26,14 @@ use super::entra::verify_ticket;
 use super::jwt::{self, Claims};
 use super::magic::Magic;
 use super::store_answer::{self, inner_code};
-use super::{EmulatorState, SANDBOX_CLIENT_ID};
-use crate::upstream::KeyHost;
+use super::{host_prefix, EmulatorState, SANDBOX_CLIENT_ID};
+use crate::auth::key_audience;
+use crate::upstream::Host;
 
 /// Namespace of the Store's own key claims.
 const CLAIMS: &str = "http://schemas.microsoft.com/marketplace/2015/08/claims/key/";
 /// How long a key lives (current documentation: 30 days).
 pub const KEY_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// The `aud` (and `iss`) of keys that `host` renews.
-pub fn key_audience(host: KeyHost) -> &'static str {
-    match host {
-        KeyHost::Collections => "https://collections.mp.microsoft.com/v6.0/keys",
-        KeyHost::Purchase => "https://purchase.mp.microsoft.com/v6.0/keys",
-    }
-}
-
-/// The path prefix under which the emulator serves `host`.
-pub(super) fn path_prefix(host: KeyHost) -> &'static str {
-    match host {
-        KeyHost::Collections => super::COLLECTIONS_PREFIX,
-        KeyHost::Purchase => super::PURCHASE_PREFIX,
-    }
-}
 
 fn claim(name: &str) -> String {
     format!("{CLAIMS}{name}")
@@ -57,7 +42,7 @@ fn claim(name: &str) -> String {
 /// A Store ID key to mint: what `msstore-facade sandbox-key` prints, and what tests renew.
 #[derive(Debug, Clone)]
 pub struct StoreKeySpec {
-    host: KeyHost,
+    host: Host,
     client_id: String,
     user_id: String,
     payload: String,
@@ -67,8 +52,8 @@ pub struct StoreKeySpec {
 }
 
 impl StoreKeySpec {
-    /// A key for `host`, for the sandbox application, issued now, living 30 days.
-    pub fn new(host: KeyHost) -> Self {
+    /// A key for `host` (the collections or purchase host: the business store has no keys), for the sandbox application, issued now, living 30 days.
+    pub fn new(host: Host) -> Self {
         Self {
             host,
             client_id: SANDBOX_CLIENT_ID.to_owned(),
@@ -119,13 +104,13 @@ impl StoreKeySpec {
 
     /// The key: a JWT the emulator accepts until it expires.
     pub fn mint(&self) -> String {
-        let audience = key_audience(self.host);
+        let audience = key_audience(self.host).unwrap_or_default();
         let base = self
             .refresh_base
             .as_ref()
             .map_or(super::DEFAULT_BASE_URL, Url::as_str)
             .trim_end_matches('/');
-        let refresh_uri = format!("{base}{}/v6.0/b2b/keys/renew", path_prefix(self.host));
+        let refresh_uri = format!("{base}{}/v6.0/b2b/keys/renew", host_prefix(self.host));
         let lifetime = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
         jwt::encode(&json!({
             "iss": audience,
@@ -156,7 +141,7 @@ pub(super) async fn renew_collections(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    renew(KeyHost::Collections, state, connection, headers, body).await
+    renew(Host::Collections, state, connection, headers, body).await
 }
 
 /// `POST /purchase/v6.0/b2b/keys/renew`.
@@ -166,11 +151,11 @@ pub(super) async fn renew_purchase(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    renew(KeyHost::Purchase, state, connection, headers, body).await
+    renew(Host::Purchase, state, connection, headers, body).await
 }
 
 async fn renew(
-    host: KeyHost,
+    host: Host,
     State(state): State<EmulatorState>,
     ConnectInfo(connection): ConnectInfo<ConnectionControl>,
     headers: HeaderMap,
@@ -225,7 +210,7 @@ fn parse_body(body: &[u8]) -> Result<(String, String), &'static str> {
 type Refusal = (&'static str, &'static str);
 
 /// The old key's claims, if the ticket and the key pass every check.
-fn check(host: KeyHost, ticket: &str, key: &str) -> Result<Claims, Refusal> {
+fn check(host: Host, ticket: &str, key: &str) -> Result<Claims, Refusal> {
     if ticket.trim().is_empty() {
         return Err((
             inner_code::PARTNER_AAD_TICKET_REQUIRED,
@@ -236,7 +221,7 @@ fn check(host: KeyHost, ticket: &str, key: &str) -> Result<Claims, Refusal> {
     let ticket = verify_ticket(ticket)
         .map_err(|_| invalid("Authentication token supplied is invalid or expired."))?;
     let claims = jwt::decode(key).map_err(|_| invalid("The key is invalid or revoked."))?;
-    if jwt::text(&claims, "aud") != Some(key_audience(host)) {
+    if jwt::text(&claims, "aud") != key_audience(host) {
         return Err(invalid("The key was issued for another service."));
     }
     if !jwt::is_current(&claims, now()) {
@@ -251,7 +236,7 @@ fn check(host: KeyHost, ticket: &str, key: &str) -> Result<Claims, Refusal> {
     Ok(claims)
 }
 
-fn renewed_key(host: KeyHost, old: &Claims, refresh_base: &Url) -> String {
+fn renewed_key(host: Host, old: &Claims, refresh_base: &Url) -> String {
     let carried = |name: &str| jwt::text(old, &claim(name)).unwrap_or_default().to_owned();
     StoreKeySpec::new(host)
         .client_id(carried("clientId"))

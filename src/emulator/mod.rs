@@ -16,6 +16,7 @@
 //! registered client; any tenant is accepted. [`magic`] ids make it fail on purpose.
 
 mod business_store;
+mod cli;
 mod clock;
 mod connection;
 mod entra;
@@ -40,10 +41,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use keys::{key_audience, StoreKeySpec, KEY_LIFETIME};
+pub use cli::{EmulatorArgs, SandboxKeyArgs, SandboxKeyType};
+pub use keys::{StoreKeySpec, KEY_LIFETIME};
 pub use magic::Magic;
 
 use crate::config::SandboxUpstreams;
+use crate::upstream::Host;
 use connection::{ConnectionControl, ResettableListener};
 
 /// The tenant of the sandbox (any tenant is accepted; this one is the default).
@@ -67,6 +70,15 @@ pub const BUSINESS_STORE_PREFIX: &str = "/bspmts";
 pub const COLLECTIONS_PREFIX: &str = "/collections";
 /// Path prefix of the purchase host.
 pub const PURCHASE_PREFIX: &str = "/purchase";
+
+/// The path prefix under which the emulator serves `host`.
+pub fn host_prefix(host: Host) -> &'static str {
+    match host {
+        Host::BusinessStore => BUSINESS_STORE_PREFIX,
+        Host::Collections => COLLECTIONS_PREFIX,
+        Host::Purchase => PURCHASE_PREFIX,
+    }
+}
 
 /// How long [`RunningEmulator::stop`] lets answers in flight (a slow magic id) finish.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -99,19 +111,9 @@ impl Endpoints {
             .expect("a fixed path prefix joins onto a base URL")
     }
 
-    /// Base URL of the Store for Business (`--business-store-url`).
-    pub fn business_store_url(&self) -> Url {
-        self.under(BUSINESS_STORE_PREFIX)
-    }
-
-    /// Base URL of the collections host (`--collections-url`).
-    pub fn collections_url(&self) -> Url {
-        self.under(COLLECTIONS_PREFIX)
-    }
-
-    /// Base URL of the purchase host (`--purchase-url`).
-    pub fn purchase_url(&self) -> Url {
-        self.under(PURCHASE_PREFIX)
+    /// The base URL of `host` (what `--business-store-url` and the like would be set to).
+    pub fn host_url(&self, host: Host) -> Url {
+        self.under(host_prefix(host))
     }
 
     /// The Entra authority (`AZURE_AUTHORITY_HOST`).
@@ -122,9 +124,7 @@ impl Endpoints {
     /// Everything a facade needs to use this emulator: URLs and sandbox credentials.
     pub fn sandbox_upstreams(&self) -> SandboxUpstreams {
         SandboxUpstreams {
-            business_store_url: self.business_store_url(),
-            collections_url: self.collections_url(),
-            purchase_url: self.purchase_url(),
+            upstreams: enum_map::EnumMap::from_fn(|host| self.host_url(host)),
             authority_host: self.authority_host(),
             tenant_id: SANDBOX_TENANT.to_owned(),
             client_id: SANDBOX_CLIENT_ID.to_owned(),

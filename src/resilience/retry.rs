@@ -3,37 +3,43 @@
 //! upstream host (tower's `TpsBudget`) so that a failing upstream is not hammered.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metrics::Counter;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use super::ResilienceConfig;
-use crate::error::ApiError;
-use crate::telemetry::metrics::{Metrics, Upstream};
 
 /// Least time an attempt must have left for a retry to be worth sending.
 const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(50);
 /// How long a call counts toward the retry budget.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
-/// The upstream host a call goes to: each has its own retry budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// The Store for Business.
-    Business,
-    /// The collections host.
-    Collections,
-    /// The purchase host.
-    Purchase,
+/// A failure that may say it is worth retrying.
+pub trait Retryable: std::fmt::Display {
+    /// Whether this failure may be retried, and when.
+    fn retry_advice(&self) -> Option<RetryAdvice>;
 }
 
-impl Target {
-    fn upstream(self) -> Upstream {
-        match self {
-            Target::Business => Upstream::BusinessStore,
-            Target::Collections => Upstream::Collections,
-            Target::Purchase => Upstream::Purchase,
+/// The retry budget of one upstream host, and the counter of its retries.
+#[derive(Debug)]
+pub struct RetryBudget {
+    budget: TpsBudget,
+    retries: Counter,
+    upstream: &'static str,
+}
+
+impl RetryBudget {
+    /// The budget of `config` for the host labelled `upstream`, counting retries in `retries`.
+    pub fn new(config: &ResilienceConfig, upstream: &'static str, retries: Counter) -> Self {
+        Self {
+            budget: TpsBudget::new(
+                BUDGET_WINDOW,
+                config.retry_budget_min_per_sec,
+                config.retry_budget_percent / 100.0,
+            ),
+            retries,
+            upstream,
         }
     }
 }
@@ -51,31 +57,16 @@ pub struct RetryPolicy {
     max_attempts: u32,
     base: Duration,
     cap: Duration,
-    budgets: [TpsBudget; 3],
-    metrics: Arc<Metrics>,
 }
 
 impl RetryPolicy {
-    /// The policy of `config`, counting retries in `metrics`.
-    pub fn new(config: &ResilienceConfig, metrics: Arc<Metrics>) -> Self {
-        let budget = || {
-            TpsBudget::new(
-                BUDGET_WINDOW,
-                config.retry_budget_min_per_sec,
-                config.retry_budget_percent / 100.0,
-            )
-        };
+    /// The policy of `config`.
+    pub fn new(config: &ResilienceConfig) -> Self {
         Self {
             max_attempts: config.max_attempts,
             base: config.retry_base_delay,
             cap: config.retry_max_delay,
-            metrics,
-            budgets: [budget(), budget(), budget()],
         }
-    }
-
-    fn budget(&self, target: Target) -> &TpsBudget {
-        &self.budgets[target as usize]
     }
 
     /// Full jitter: uniformly random between zero and `base * 2^(retry - 1)`, capped.
@@ -90,16 +81,18 @@ impl RetryPolicy {
 
     /// Runs `attempt` until it succeeds, fails for good, runs out of attempts or budget, or
     /// another attempt would not fit before `deadline`. Returns the last outcome.
-    pub async fn run<T, Fut>(
+    pub async fn run<T, E, Fut>(
         &self,
-        target: Target,
+        budget: &RetryBudget,
         deadline: Instant,
         mut attempt: impl FnMut() -> Fut,
-    ) -> Result<T, ApiError>
+    ) -> Result<T, E>
     where
-        Fut: Future<Output = Result<T, ApiError>>,
+        E: Retryable,
+        Fut: Future<Output = Result<T, E>>,
     {
-        self.budget(target).deposit();
+        let upstream = budget.upstream;
+        budget.budget.deposit();
         let mut made = 1;
         loop {
             let error = match attempt().await {
@@ -122,12 +115,12 @@ impl RetryPolicy {
                 );
                 return Err(error);
             }
-            if !self.budget(target).withdraw() {
-                tracing::debug!(?target, "no retry: retry budget exhausted");
+            if !budget.budget.withdraw() {
+                tracing::debug!(upstream, "no retry: retry budget exhausted");
                 return Err(error);
             }
-            tracing::debug!(?target, attempt = made + 1, ?delay, %error, "retrying");
-            self.metrics.retry(target.upstream());
+            tracing::debug!(upstream, attempt = made + 1, ?delay, %error, "retrying");
+            budget.retries.increment(1);
             tokio::time::sleep(delay).await;
             made += 1;
         }
@@ -140,14 +133,11 @@ mod tests {
 
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_cap() {
-        let policy = RetryPolicy::new(
-            &ResilienceConfig {
-                retry_base_delay: Duration::from_millis(100),
-                retry_max_delay: Duration::from_millis(300),
-                ..ResilienceConfig::default()
-            },
-            Arc::default(),
-        );
+        let policy = RetryPolicy::new(&ResilienceConfig {
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_millis(300),
+            ..ResilienceConfig::default()
+        });
         for _ in 0..200 {
             assert!(policy.backoff(1) <= Duration::from_millis(100));
             assert!(policy.backoff(2) <= Duration::from_millis(200));

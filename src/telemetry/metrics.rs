@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use enum_map::EnumMap;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -34,70 +35,8 @@ const GRPC_CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// The facade's RPCs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rpc {
-    /// `msstore.v1.StoreEntitlements/GetOfflineLicense`.
-    GetOfflineLicense,
-    /// `msstore.v1.StoreKeys/RenewKey`.
-    RenewKey,
-}
-
-impl Rpc {
-    const ALL: [Rpc; 2] = [Rpc::GetOfflineLicense, Rpc::RenewKey];
-
-    /// The full gRPC service name.
-    pub fn service(self) -> &'static str {
-        match self {
-            Rpc::GetOfflineLicense => "msstore.v1.StoreEntitlements",
-            Rpc::RenewKey => "msstore.v1.StoreKeys",
-        }
-    }
-
-    /// `service/method`, the RPC's span name.
-    pub fn full_name(self) -> &'static str {
-        match self {
-            Rpc::GetOfflineLicense => "msstore.v1.StoreEntitlements/GetOfflineLicense",
-            Rpc::RenewKey => "msstore.v1.StoreKeys/RenewKey",
-        }
-    }
-
-    /// The method name.
-    pub fn method(self) -> &'static str {
-        match self {
-            Rpc::GetOfflineLicense => "GetOfflineLicense",
-            Rpc::RenewKey => "RenewKey",
-        }
-    }
-}
-
-/// The upstreams, as the `upstream` label names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    /// The Store for Business.
-    BusinessStore,
-    /// The collections key host.
-    Collections,
-    /// The purchase key host.
-    Purchase,
-    /// The Entra token endpoint.
-    Entra,
-}
-
-impl Upstream {
-    /// The `upstream` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Upstream::BusinessStore => "business_store",
-            Upstream::Collections => "collections",
-            Upstream::Purchase => "purchase",
-            Upstream::Entra => "entra",
-        }
-    }
-}
-
 /// How a token request ended, as the `outcome` label names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, enum_map::Enum)]
 pub enum TokenOutcome {
     /// A token was issued.
     Issued,
@@ -107,11 +46,42 @@ pub enum TokenOutcome {
     Failed,
 }
 
-/// Handles of one RPC method.
-struct RpcHandles {
+impl TokenOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            TokenOutcome::Issued => "issued",
+            TokenOutcome::Rejected => "rejected",
+            TokenOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Handles of one RPC method, registered (at zero) when the method's pipeline is built.
+pub struct RpcMetrics {
     by_code: [Counter; 17],
     latency: Histogram,
     shed: Counter,
+}
+
+impl RpcMetrics {
+    /// Records a finished call.
+    pub fn finished(&self, code: tonic::Code, latency: Duration) {
+        if let Some(counter) = self.by_code.get(code as usize) {
+            counter.increment(1);
+        }
+        self.latency.record(latency.as_secs_f64());
+    }
+
+    /// Records a call shed because too many calls were in flight.
+    pub fn shed(&self) {
+        self.shed.increment(1);
+    }
+}
+
+impl std::fmt::Debug for RpcMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcMetrics")
+    }
 }
 
 /// Handles of one upstream host: attempt counters per HTTP status (registered on first use),
@@ -185,10 +155,8 @@ type Sampler = Box<dyn Fn() -> f64 + Send + Sync>;
 pub struct Metrics {
     registry: Arc<Registry>,
     handle: PrometheusHandle,
-    rpcs: [RpcHandles; 2],
-    retries: [Counter; 3],
     coalesced: Counter,
-    token_requests: [Counter; 3],
+    token_requests: EnumMap<TokenOutcome, Counter>,
     token_cache_hits: Counter,
     sampled: std::sync::Mutex<Vec<(Gauge, Sampler)>>,
 }
@@ -215,38 +183,10 @@ impl Metrics {
         let handle = recorder.handle();
         let registry = Arc::new(Registry { recorder });
         describe(&registry.recorder);
-        let rpcs = Rpc::ALL.map(|rpc| {
-            let labels = || {
-                vec![
-                    Label::from_static_parts("service", rpc.service()),
-                    Label::from_static_parts("method", rpc.method()),
-                ]
-            };
-            RpcHandles {
-                by_code: GRPC_CODES.map(|code| {
-                    let mut labels = labels();
-                    labels.push(Label::from_static_parts("code", code));
-                    registry.counter("msstore_rpc_requests_total", labels)
-                }),
-                latency: registry.histogram("msstore_rpc_duration_seconds", labels()),
-                shed: registry.counter("msstore_rpc_shed_total", labels()),
-            }
-        });
-        let retries = [
-            Upstream::BusinessStore,
-            Upstream::Collections,
-            Upstream::Purchase,
-        ]
-        .map(|upstream| {
-            registry.counter(
-                "msstore_upstream_retries_total",
-                vec![Label::from_static_parts("upstream", upstream.label())],
-            )
-        });
-        let token_requests = ["issued", "rejected", "failed"].map(|outcome| {
+        let token_requests = EnumMap::from_fn(|outcome: TokenOutcome| {
             registry.counter(
                 "msstore_token_requests_total",
-                vec![Label::from_static_parts("outcome", outcome)],
+                vec![Label::from_static_parts("outcome", outcome.label())],
             )
         });
         Self {
@@ -254,32 +194,39 @@ impl Metrics {
             token_cache_hits: registry.counter("msstore_token_cache_hits_total", Vec::new()),
             registry,
             handle,
-            rpcs,
-            retries,
             token_requests,
             sampled: std::sync::Mutex::default(),
         }
     }
 
-    /// Records a finished RPC.
-    pub fn rpc(&self, rpc: Rpc, code: tonic::Code, latency: Duration) {
-        let handles = &self.rpcs[rpc as usize];
-        if let Some(counter) = handles.by_code.get(code as usize) {
-            counter.increment(1);
+    /// Registers the series of one RPC method (every gRPC code at zero) and returns their
+    /// handles.
+    pub fn rpc(&self, service: &'static str, method: &'static str) -> RpcMetrics {
+        let labels = || {
+            vec![
+                Label::from_static_parts("service", service),
+                Label::from_static_parts("method", method),
+            ]
+        };
+        RpcMetrics {
+            by_code: GRPC_CODES.map(|code| {
+                let mut labels = labels();
+                labels.push(Label::from_static_parts("code", code));
+                self.registry.counter("msstore_rpc_requests_total", labels)
+            }),
+            latency: self
+                .registry
+                .histogram("msstore_rpc_duration_seconds", labels()),
+            shed: self.registry.counter("msstore_rpc_shed_total", labels()),
         }
-        handles.latency.record(latency.as_secs_f64());
     }
 
-    /// Records an RPC shed because too many calls were in flight.
-    pub fn shed(&self, rpc: Rpc) {
-        self.rpcs[rpc as usize].shed.increment(1);
-    }
-
-    /// Records a retry toward `upstream` (a Store host).
-    pub fn retry(&self, upstream: Upstream) {
-        if let Some(counter) = self.retries.get(upstream as usize) {
-            counter.increment(1);
-        }
+    /// Registers the retry counter of one upstream (label `upstream`) and returns it.
+    pub fn retries(&self, upstream: &'static str) -> Counter {
+        self.registry.counter(
+            "msstore_upstream_retries_total",
+            vec![Label::from_static_parts("upstream", upstream)],
+        )
     }
 
     /// Records a call that joined an identical call's upstream request.
@@ -289,7 +236,7 @@ impl Metrics {
 
     /// Records a token request to Entra.
     pub fn token_request(&self, outcome: TokenOutcome) {
-        self.token_requests[outcome as usize].increment(1);
+        self.token_requests[outcome].increment(1);
     }
 
     /// Records a token lookup served without a token request of its own.
@@ -297,10 +244,10 @@ impl Metrics {
         self.token_cache_hits.increment(1);
     }
 
-    /// The handles of one upstream host.
-    pub fn upstream(&self, upstream: Upstream, host: &str) -> UpstreamMetrics {
+    /// The handles of one upstream host; `upstream` is the `upstream` label.
+    pub fn upstream(&self, upstream: &'static str, host: &str) -> UpstreamMetrics {
         let labels = [
-            Label::from_static_parts("upstream", upstream.label()),
+            Label::from_static_parts("upstream", upstream),
             Label::new("host", host.to_owned()),
         ];
         UpstreamMetrics {
@@ -427,8 +374,10 @@ mod tests {
     #[test]
     fn rendered_text_carries_recorded_series() {
         let metrics = Metrics::new();
-        metrics.rpc(Rpc::RenewKey, tonic::Code::Ok, Duration::from_millis(3));
-        let upstream = metrics.upstream(Upstream::Collections, "collections.example");
+        metrics
+            .rpc("msstore.v1.StoreKeys", "RenewKey")
+            .finished(tonic::Code::Ok, Duration::from_millis(3));
+        let upstream = metrics.upstream("collections", "collections.example");
         upstream.attempt(Some(503), Duration::from_millis(2));
         upstream.attempt(None, Duration::from_millis(2));
         metrics.sample_gauge("msstore_calls_in_flight", Vec::new(), || 7.0);

@@ -110,3 +110,50 @@ impl Injector for TraceparentInjector {
         }
     }
 }
+
+/// What a client span names an upstream request by: never the URL itself, which carries ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The span name, `METHOD template`.
+    pub name: &'static str,
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path with its variable parts as `{placeholders}`.
+    pub template: &'static str,
+}
+
+/// A client span for one attempt of `route` to `host` (disabled unless traces are exported).
+pub fn client_span(route: Route, host: &str) -> tracing::Span {
+    if !active() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "upstream",
+        otel.name = route.name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = route.method,
+        url.template = route.template,
+        server.address = host,
+        http.response.status_code = tracing::field::Empty,
+        ms_cv = tracing::field::Empty,
+    )
+}
+
+/// Records the answer's HTTP status (or its absence) on a client span.
+pub fn record_response(span: &tracing::Span, status: Option<u16>) {
+    if span.is_disabled() {
+        return;
+    }
+    match status {
+        Some(status) => {
+            span.record("http.response.status_code", i64::from(status));
+            if status >= 400 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        None => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}

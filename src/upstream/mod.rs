@@ -1,28 +1,31 @@
-//! REST clients of the Store APIs: one shared, pooled HTTP client; one file per API.
-//! Nothing here knows about gRPC: answers and failures are plain typed values.
+//! The Store's REST hosts and the one way to talk to them: one shared, pooled HTTP client, one
+//! [`Host`] per upstream with its base URL, circuit breaker, retry budget and metrics, and
+//! [`StoreClient::exchange`], which sends an [`UpstreamRequest`] and reads the answer. Nothing
+//! here knows about gRPC or about any one operation: answers and failures are plain values.
 
-mod business_store;
 mod error_body;
-mod keys;
+mod host;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use enum_map::EnumMap;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+};
+use reqwest::{Method, StatusCode, Url};
 use tracing::Instrument;
 
-pub use business_store::{LicenseIds, OfflineLicense, ProductKey};
 pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
-pub use keys::KeyHost;
+pub use host::Host;
 
-use crate::config::Settings;
 use crate::resilience::breaker::CircuitBreaker;
-use crate::resilience::retry::RetryAdvice;
+use crate::resilience::retry::{RetryAdvice, RetryBudget, Retryable};
 use crate::resilience::ResilienceConfig;
-use crate::telemetry::metrics::{Metrics, Upstream, UpstreamMetrics};
-use crate::telemetry::otel;
+use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
+use crate::telemetry::otel::{self, client_span, record_response, Route};
 
 /// Largest upstream answer body read; a larger one is treated as malformed.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -46,50 +49,51 @@ pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize) -> reqwe
         .expect("the HTTP client's fixed configuration is valid")
 }
 
-/// What a client span names an upstream request by: never the URL itself, which carries ids.
-#[derive(Debug, Clone, Copy)]
-pub struct Route {
-    /// The span name, `METHOD template`.
-    pub name: &'static str,
-    /// The HTTP method.
-    pub method: &'static str,
-    /// The path with its variable parts as `{placeholders}`.
-    pub template: &'static str,
+/// Everything but RFC 3986 unreserved characters is escaped, so an id is always exactly one
+/// path segment: `/`, `%`, `?`, `#` and non-ASCII can never change the path called.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` percent-encoded as exactly one path segment.
+pub fn segment(text: &str) -> impl std::fmt::Display + '_ {
+    utf8_percent_encode(text, SEGMENT)
 }
 
-/// A client span for one attempt of `route` to `host` (disabled unless traces are exported).
-pub fn client_span(route: Route, host: &str) -> tracing::Span {
-    if !otel::active() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        "upstream",
-        otel.name = route.name,
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = route.method,
-        url.template = route.template,
-        server.address = host,
-        http.response.status_code = tracing::field::Empty,
-        ms_cv = tracing::field::Empty,
-    )
+/// One request to a Store host, as an operation describes it: the host's base URL is
+/// prepended by [`StoreClient::exchange`], which also adds the correlation headers.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    method: Method,
+    path: String,
+    authorization: Option<HeaderValue>,
+    json: Option<Bytes>,
 }
 
-/// Records the answer's HTTP status (or its absence) on a client span.
-pub fn record_response(span: &tracing::Span, status: Option<u16>) {
-    if span.is_disabled() {
-        return;
+impl UpstreamRequest {
+    /// A `POST` to `path` (below the host's base URL, starting with `/`, segments already
+    /// encoded with [`segment`]) with an empty body (`Content-Length: 0`).
+    pub fn post(path: String) -> Self {
+        Self {
+            method: Method::POST,
+            path,
+            authorization: None,
+            json: None,
+        }
     }
-    match status {
-        Some(status) => {
-            span.record("http.response.status_code", i64::from(status));
-            if status >= 400 {
-                span.record("otel.status_code", "ERROR");
-            }
-        }
-        None => {
-            span.record("otel.status_code", "ERROR");
-        }
+
+    /// Sends `Authorization: <value>` (a value marked sensitive).
+    pub fn authorization(mut self, value: HeaderValue) -> Self {
+        self.authorization = Some(value);
+        self
+    }
+
+    /// Sends `body` as `application/json`; the same bytes on every attempt.
+    pub fn json(mut self, body: &impl serde::Serialize) -> Result<Self, serde_json::Error> {
+        self.json = Some(serde_json::to_vec(body)?.into());
+        Ok(self)
     }
 }
 
@@ -107,7 +111,8 @@ pub struct Correlation {
 pub struct UpstreamIds([Option<HeaderValue>; 4]);
 
 impl UpstreamIds {
-    fn from_headers(headers: &HeaderMap) -> Self {
+    /// The ids among `headers`.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
         Self(ID_HEADERS.map(|name| headers.get(name).cloned()))
     }
 
@@ -172,7 +177,7 @@ pub enum UpstreamError {
         /// The HTTP status.
         http_status: u16,
         /// The upstream ids.
-        ids: UpstreamIds,
+        ids: Box<UpstreamIds>,
         /// What the body should have been.
         expected: &'static str,
     },
@@ -193,45 +198,53 @@ pub struct StatusFailure {
     pub body: ErrorBody,
 }
 
-/// An upstream base URL, prepared once.
-#[derive(Debug, Clone)]
-struct Base {
+/// A Store host, prepared once: its base URL, circuit breaker, retry budget and metrics.
+#[derive(Debug)]
+pub struct Base {
     prefix: String,
     host: Arc<str>,
-    breaker: Arc<CircuitBreaker>,
-    metrics: Arc<UpstreamMetrics>,
+    breaker: CircuitBreaker,
+    retry_budget: RetryBudget,
+    metrics: UpstreamMetrics,
 }
 
 impl Base {
-    fn new(url: &Url, config: &ResilienceConfig, upstream: Upstream, metrics: &Metrics) -> Self {
+    fn new(upstream: Host, url: &Url, config: &ResilienceConfig, metrics: &Metrics) -> Arc<Self> {
         let host = url.host_str().unwrap_or_default();
-        let breaker = Arc::new(CircuitBreaker::new(
-            host,
-            config.circuit_failures,
-            config.circuit_open_for,
-        ));
-        let watched = breaker.clone();
+        let label = upstream.label();
+        let base = Arc::new(Self {
+            prefix: url.as_str().trim_end_matches('/').to_owned(),
+            host: host.into(),
+            breaker: CircuitBreaker::new(host, config.circuit_failures, config.circuit_open_for),
+            retry_budget: RetryBudget::new(config, label, metrics.retries(label)),
+            metrics: metrics.upstream(label, host),
+        });
+        let watched = Arc::downgrade(&base);
         metrics.sample_gauge(
             "msstore_circuit_state",
             vec![
-                metrics::Label::from_static_parts("upstream", upstream.label()),
+                metrics::Label::from_static_parts("upstream", label),
                 metrics::Label::new("host", host.to_owned()),
             ],
-            move || f64::from(watched.state_code()),
+            move || {
+                watched
+                    .upgrade()
+                    .map_or(0.0, |b| f64::from(b.breaker.state_code()))
+            },
         );
-        Self {
-            prefix: url.as_str().trim_end_matches('/').to_owned(),
-            host: host.into(),
-            breaker,
-            metrics: Arc::new(metrics.upstream(upstream, host)),
-        }
+        base
+    }
+
+    /// The retry budget of this host.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.retry_budget
     }
 }
 
-impl UpstreamError {
+impl Retryable for UpstreamError {
     /// Whether this failure may be retried, and after how long the upstream asks: connect
     /// errors, 408, 502, 503, 504, and 429 with a `Retry-After`.
-    pub fn retry_advice(&self) -> Option<RetryAdvice> {
+    fn retry_advice(&self) -> Option<RetryAdvice> {
         match self {
             Self::Transport {
                 kind: TransportFailure::Connect,
@@ -249,7 +262,9 @@ impl UpstreamError {
             _ => None,
         }
     }
+}
 
+impl UpstreamError {
     /// Whether this failure counts toward opening the host's circuit: the host, not the
     /// request, is at fault (no answer, 408 or 5xx).
     fn counts_against_host(&self) -> bool {
@@ -263,44 +278,85 @@ impl UpstreamError {
     }
 }
 
-/// The client of both Store APIs, cheap to clone.
+/// The client of every Store host, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StoreClient {
     http: reqwest::Client,
-    business: Base,
-    collections: Base,
-    purchase: Base,
+    hosts: Arc<EnumMap<Host, Arc<Base>>>,
     attempt_timeout: Duration,
 }
 
+/// A 2xx answer, not decoded yet.
+#[derive(Debug)]
+pub struct Reply {
+    host: Arc<str>,
+    http_status: u16,
+    ids: UpstreamIds,
+    body: Bytes,
+}
+
+impl Reply {
+    /// Decodes the body with `parse`; a body it refuses is [`UpstreamError::Malformed`],
+    /// described as not being `expected`.
+    pub fn decode<T>(
+        self,
+        parse: impl FnOnce(&[u8]) -> Option<T>,
+        expected: &'static str,
+    ) -> Result<Answer<T>, UpstreamError> {
+        match parse(&self.body) {
+            Some(value) => Ok(Answer {
+                value,
+                ids: self.ids,
+                http_status: self.http_status,
+            }),
+            None => Err(UpstreamError::Malformed {
+                host: self.host,
+                http_status: self.http_status,
+                ids: Box::new(self.ids),
+                expected,
+            }),
+        }
+    }
+}
+
 impl StoreClient {
-    /// A client calling the base URLs of `settings` through `http`, recording in `metrics`.
-    pub fn new(http: reqwest::Client, settings: &Settings, metrics: &Metrics) -> Self {
-        let base = |url, upstream| Base::new(url, &settings.resilience, upstream, metrics);
+    /// A client calling the base URL of each host in `urls` through `http`, with the
+    /// breakers and retry budgets of `config`, recording in `metrics`.
+    pub fn new(
+        http: reqwest::Client,
+        urls: &EnumMap<Host, Url>,
+        config: &ResilienceConfig,
+        metrics: &Metrics,
+    ) -> Self {
         Self {
             http,
-            business: base(&settings.business_store_url, Upstream::BusinessStore),
-            collections: base(&settings.collections_url, Upstream::Collections),
-            purchase: base(&settings.purchase_url, Upstream::Purchase),
-            attempt_timeout: settings.resilience.upstream_timeout,
+            hosts: Arc::new(EnumMap::from_fn(|host| {
+                Base::new(host, &urls[host], config, metrics)
+            })),
+            attempt_timeout: config.upstream_timeout,
         }
+    }
+
+    /// The prepared state of `host`.
+    pub fn host(&self, host: Host) -> &Base {
+        &self.hosts[host]
     }
 
     /// Whether any upstream host's circuit is open.
     pub fn any_circuit_open(&self) -> bool {
-        [&self.business, &self.collections, &self.purchase]
-            .iter()
-            .any(|base| base.breaker.is_open())
+        self.hosts.values().any(|base| base.breaker.is_open())
     }
 
-    /// Sends `request` to `base` through its circuit breaker.
-    async fn exchange(
+    /// Sends `request` to `host` through its circuit breaker, in a client span named by
+    /// `route`, with the correlation headers of this attempt.
+    pub async fn exchange(
         &self,
-        base: &Base,
+        host: Host,
         route: Route,
-        request: reqwest::RequestBuilder,
+        request: UpstreamRequest,
         correlation: &Correlation,
-    ) -> Result<(StatusCode, UpstreamIds, Bytes), UpstreamError> {
+    ) -> Result<Reply, UpstreamError> {
+        let base = &self.hosts[host];
         let permit = base
             .breaker
             .admit()
@@ -314,11 +370,11 @@ impl StoreClient {
         let traceparent = otel::traceparent(&span);
         let traceparent = traceparent.as_deref().unwrap_or(&correlation.traceparent);
         let outcome = self
-            .send(&base.host, request, &correlation.ms_cv, traceparent)
+            .send(base, request, &correlation.ms_cv, traceparent)
             .instrument(span.clone())
             .await;
         let status = match &outcome {
-            Ok((status, ..)) => Some(status.as_u16()),
+            Ok(reply) => Some(reply.http_status),
             Err(UpstreamError::Status(failure)) => Some(failure.http_status.as_u16()),
             Err(UpstreamError::Malformed { http_status, .. }) => Some(*http_status),
             Err(_) => None,
@@ -333,19 +389,40 @@ impl StoreClient {
         outcome
     }
 
+    fn build(&self, base: &Base, request: UpstreamRequest) -> reqwest::RequestBuilder {
+        let mut url = String::with_capacity(base.prefix.len() + request.path.len());
+        url.push_str(&base.prefix);
+        url.push_str(&request.path);
+        let mut builder = self.http.request(request.method, url);
+        if let Some(authorization) = request.authorization {
+            builder = builder.header(AUTHORIZATION, authorization);
+        }
+        match request.json {
+            Some(body) => builder
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body),
+            None => builder.header(
+                reqwest::header::CONTENT_LENGTH,
+                HeaderValue::from_static("0"),
+            ),
+        }
+    }
+
     /// Sends `request` and reads the whole answer, turning non-2xx into [`UpstreamError::Status`].
     async fn send(
         &self,
-        host: &Arc<str>,
-        request: reqwest::RequestBuilder,
+        base: &Base,
+        request: UpstreamRequest,
         ms_cv: &str,
         traceparent: &str,
-    ) -> Result<(StatusCode, UpstreamIds, Bytes), UpstreamError> {
+    ) -> Result<Reply, UpstreamError> {
+        let host = &base.host;
         let transport = |kind| UpstreamError::Transport {
             host: host.clone(),
             kind,
         };
-        let mut response = request
+        let mut response = self
+            .build(base, request)
             .header(HeaderName::from_static("ms-cv"), ms_cv)
             .header(HeaderName::from_static("traceparent"), traceparent)
             .timeout(self.attempt_timeout)
@@ -364,13 +441,18 @@ impl StoreClient {
                 return Err(UpstreamError::Malformed {
                     host: host.clone(),
                     http_status: status.as_u16(),
-                    ids: ids.clone(),
+                    ids: Box::new(ids.clone()),
                     expected: "an answer of at most 4 MiB",
                 })
             }
         };
         if status.is_success() {
-            return Ok((status, ids, body));
+            return Ok(Reply {
+                host: host.clone(),
+                http_status: status.as_u16(),
+                ids,
+                body,
+            });
         }
         Err(UpstreamError::Status(Box::new(StatusFailure {
             host: host.clone(),
@@ -442,6 +524,15 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(RETRY_AFTER, HeaderValue::from_str(retry_after).unwrap());
         map
+    }
+
+    #[test]
+    fn ids_are_single_escaped_segments() {
+        let encode = |s| segment(s).to_string();
+        assert_eq!(encode("9NBLGGH4R2R6"), "9NBLGGH4R2R6");
+        assert_eq!(encode("a/../b"), "a%2F..%2Fb");
+        assert_eq!(encode("50%?#x"), "50%25%3F%23x");
+        assert_eq!(encode("é"), "%C3%A9");
     }
 
     #[test]

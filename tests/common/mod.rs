@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use msstore_facade::config::{CredentialSource, Credentials};
+use msstore_facade::auth::{CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::resilience::ResilienceConfig;
+use msstore_facade::upstream::Host;
 use msstore_facade::Settings;
 use pb::store_entitlements_client::StoreEntitlementsClient;
 use pb::store_keys_client::StoreKeysClient;
@@ -104,8 +105,8 @@ impl HarnessBuilder {
             MockServer::start()
         );
         let mut settings = Settings::for_upstream(&business.uri()).expect("valid base URL");
-        settings.collections_url = collections.uri().parse().unwrap();
-        settings.purchase_url = purchase.uri().parse().unwrap();
+        settings.upstreams[Host::Collections] = collections.uri().parse().unwrap();
+        settings.upstreams[Host::Purchase] = purchase.uri().parse().unwrap();
         settings.authority_host = token.uri().parse().unwrap();
         settings.max_request_bytes = self.max_request_bytes;
         settings.resilience.upstream_timeout = self.upstream_timeout;

@@ -1,0 +1,125 @@
+//! The one pipeline every RPC runs: begin the call (deadline, metadata, log line) -> validate
+//! -> concurrency limit -> coalescing (where the operation opts in) -> retries with the budget
+//! and circuit of its host -> token -> exchange -> map.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::call::{Attempts, CallContext, RpcId};
+use super::operation::{Credential, Operation, Token};
+use super::{with_own_token, Backends};
+use crate::error::ApiError;
+use crate::resilience::coalesce::Coalescer;
+use crate::telemetry::metrics::RpcMetrics;
+use crate::upstream::{Answer, Host, StoreClient};
+
+type Outcome<T> = Result<Answer<T>, ApiError>;
+
+/// One RPC method served by its [`Operation`]: built once at start-up, which registers the
+/// method's metric series.
+pub struct Pipeline<Op: Operation> {
+    backends: Backends,
+    rpc: RpcId,
+    metrics: RpcMetrics,
+    flights: Coalescer<Op::Prepared, Outcome<Op::Response>>,
+}
+
+impl<Op: Operation> Pipeline<Op> {
+    /// The pipeline of `Op` as a method of `service`, over `backends`.
+    pub fn new(service: &'static str, backends: &Backends) -> Self {
+        Self {
+            backends: backends.clone(),
+            rpc: RpcId::new(service, Op::METHOD),
+            metrics: backends.metrics.rpc(service, Op::METHOD),
+            flights: Coalescer::default(),
+        }
+    }
+
+    /// Serves one call.
+    pub async fn serve(
+        &self,
+        request: Request<Op::Request>,
+    ) -> Result<Response<Op::Response>, Status> {
+        let backends = &self.backends;
+        let (call, message) = CallContext::begin(&self.rpc, request, backends.default_deadline);
+        let prepared = match Op::validate(message) {
+            Ok(prepared) => prepared,
+            Err(error) => return call.finish(&self.metrics, Err(error)),
+        };
+        let work = self.shared_fetch(prepared, call.attempts());
+        call.complete(&backends.limiter, &self.metrics, work).await
+    }
+
+    /// The upstream side of the call, shared with identical calls in flight when `Op`
+    /// coalesces.
+    async fn shared_fetch(
+        &self,
+        prepared: Op::Prepared,
+        attempts: &Arc<Attempts>,
+    ) -> Outcome<Op::Response> {
+        if !Op::COALESCE {
+            return fetch::<Op>(&self.backends, &prepared, attempts).await;
+        }
+        let (backends, key, attempts) = (self.backends.clone(), prepared.clone(), attempts.clone());
+        let (outcome, joined) = self
+            .flights
+            .run(prepared, move || async move {
+                fetch::<Op>(&backends, &key, &attempts).await
+            })
+            .await;
+        if joined {
+            self.backends.metrics.coalesced();
+            tracing::debug!("coalesced with an identical call in flight");
+        }
+        outcome
+    }
+}
+
+/// Retries around the token-aware attempt, then the proto answer.
+async fn fetch<Op: Operation>(
+    backends: &Backends,
+    prepared: &Op::Prepared,
+    attempts: &Attempts,
+) -> Outcome<Op::Response> {
+    let host = Op::host(prepared);
+    let (store, tokens) = (&backends.store, &backends.tokens);
+    let budget = store.host(host).retry_budget();
+    let answer = backends
+        .retry
+        .run(budget, attempts.deadline(), || async move {
+            match Op::credential(prepared) {
+                Credential::Caller(ticket) => {
+                    send::<Op>(store, host, prepared, Token::Caller(ticket), attempts).await
+                }
+                Credential::Facade { tenant } => {
+                    with_own_token(tokens, tenant, attempts, |token| {
+                        send::<Op>(store, host, prepared, Token::Facade(token), attempts)
+                    })
+                    .await
+                }
+            }
+        })
+        .await?;
+    Ok(Answer {
+        value: Op::respond(answer.value, prepared),
+        ids: answer.ids,
+        http_status: answer.http_status,
+    })
+}
+
+/// One attempt: build the request, exchange it, decode the answer.
+async fn send<Op: Operation>(
+    store: &StoreClient,
+    host: Host,
+    prepared: &Op::Prepared,
+    token: Token<'_>,
+    attempts: &Attempts,
+) -> Outcome<Op::Answer> {
+    let request = Op::request(prepared, &token)?;
+    store
+        .exchange(host, Op::ROUTE, request, &attempts.next_attempt())
+        .await
+        .and_then(|reply| reply.decode(Op::parse, Op::EXPECTED))
+        .map_err(|error| ApiError::upstream(Op::ERRORS, error))
+}

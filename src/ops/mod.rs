@@ -1,0 +1,84 @@
+//! The Store operations and the one registry that places them in gRPC services.
+//!
+//! Each operation is one file here implementing [`Operation`]. The [`registry!`] below is the
+//! only list of them: it declares the module, builds one [`Pipeline`] per method (which
+//! registers the method's metric series), implements the tonic service trait (so a proto
+//! method without an operation, or an operation under the wrong method, does not compile),
+//! and derives [`SERVICE_NAMES`] (health) and [`routes`] (serving). Retry budgets and circuit
+//! breakers follow from each operation's [`Operation::host`]; reflection serves every proto
+//! file that `build.rs` compiles.
+
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use crate::api::{Backends, Operation, Pipeline};
+use crate::proto::msstore::v1 as pb;
+
+/// Declares every service and, in each, every method with its operation.
+macro_rules! registry {
+    ($(
+        $(#[$doc:meta])*
+        $service:ident: $module:ident::$server:ident as $trait_name:ident {
+            $( $method:ident => $file:ident::$op:ident, )*
+        }
+    )*) => {
+        $( $( mod $file; pub use $file::$op; )* )*
+
+        $(
+            $(#[$doc])*
+            pub struct $service {
+                $( $method: Pipeline<$op>, )*
+            }
+
+            impl $service {
+                /// Its gRPC service name.
+                pub const NAME: &'static str =
+                    <pb::$module::$server<$service> as NamedService>::NAME;
+
+                fn new(backends: &Backends) -> Self {
+                    Self {
+                        $( $method: Pipeline::new(Self::NAME, backends), )*
+                    }
+                }
+            }
+
+            #[tonic::async_trait]
+            impl pb::$module::$trait_name for $service {
+                $(
+                    async fn $method(
+                        &self,
+                        request: tonic::Request<<$op as Operation>::Request>,
+                    ) -> Result<tonic::Response<<$op as Operation>::Response>, tonic::Status> {
+                        self.$method.serve(request).await
+                    }
+                )*
+            }
+        )*
+
+        /// The gRPC name of every service, for health (besides `""`).
+        pub const SERVICE_NAMES: &[&str] = &[$( $service::NAME ),*];
+
+        /// Every service over `backends`, refusing request messages over `max_request_bytes`.
+        pub fn routes(backends: &Backends, max_request_bytes: usize) -> Routes {
+            let mut routes = Routes::builder();
+            $(
+                routes.add_service(
+                    pb::$module::$server::new($service::new(backends))
+                        .max_decoding_message_size(max_request_bytes),
+                );
+            )*
+            routes.routes()
+        }
+    };
+}
+
+registry! {
+    /// `msstore.v1.StoreEntitlements`: Store for Business entitlements.
+    StoreEntitlements: store_entitlements_server::StoreEntitlementsServer as StoreEntitlements {
+        get_offline_license => offline_license::GetOfflineLicense,
+    }
+    /// `msstore.v1.StoreKeys`: Microsoft Store ID keys.
+    StoreKeys: store_keys_server::StoreKeysServer as StoreKeys {
+        renew_key => renew_key::RenewKey,
+    }
+}
