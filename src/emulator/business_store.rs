@@ -20,7 +20,18 @@ use super::store_answer::{self, inner_code};
 type LicensePath = (String, String, String);
 
 /// `POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}`.
-pub(super) async fn offline_license(
+/// `POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}`.
+pub(super) fn routes() -> axum::Router<super::EmulatorState> {
+    axum::Router::new().route(
+        &format!(
+            "{}/V1/Products/{{product_id}}/{{sku_id}}/OfflineLicense/{{content_id}}",
+            super::BUSINESS_STORE_PREFIX
+        ),
+        axum::routing::post(offline_license),
+    )
+}
+
+async fn offline_license(
     Path((product_id, sku_id, content_id)): Path<LicensePath>,
     ConnectInfo(connection): ConnectInfo<ConnectionControl>,
     headers: HeaderMap,

@@ -153,7 +153,15 @@ fn entra_json(status: StatusCode, body: &Value) -> Response {
 }
 
 /// `POST /login/{tenant}/oauth2/v2.0/token`.
-pub(super) async fn token(Path(tenant): Path<String>, body: Bytes) -> Response {
+/// `POST /login/{tenant}/oauth2/v2.0/token`.
+pub(super) fn routes() -> axum::Router<super::EmulatorState> {
+    axum::Router::new().route(
+        &format!("{}/{{tenant}}/oauth2/v2.0/token", super::LOGIN_PREFIX),
+        axum::routing::post(token),
+    )
+}
+
+async fn token(Path(tenant): Path<String>, body: Bytes) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     match issue(&tenant, &form) {
         Ok(body) => entra_json(StatusCode::OK, &body),

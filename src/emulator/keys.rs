@@ -134,8 +134,21 @@ struct RenewBody {
     key: Option<String>,
 }
 
+/// `POST /collections/v6.0/b2b/keys/renew` and `POST /purchase/v6.0/b2b/keys/renew`.
+pub(super) fn routes() -> axum::Router<EmulatorState> {
+    axum::Router::new()
+        .route(
+            &format!("{}/v6.0/b2b/keys/renew", host_prefix(Host::Collections)),
+            axum::routing::post(renew_collections),
+        )
+        .route(
+            &format!("{}/v6.0/b2b/keys/renew", host_prefix(Host::Purchase)),
+            axum::routing::post(renew_purchase),
+        )
+}
+
 /// `POST /collections/v6.0/b2b/keys/renew`.
-pub(super) async fn renew_collections(
+async fn renew_collections(
     state: State<EmulatorState>,
     connection: ConnectInfo<ConnectionControl>,
     headers: HeaderMap,
@@ -145,7 +158,7 @@ pub(super) async fn renew_collections(
 }
 
 /// `POST /purchase/v6.0/b2b/keys/renew`.
-pub(super) async fn renew_purchase(
+async fn renew_purchase(
     state: State<EmulatorState>,
     connection: ConnectInfo<ConnectionControl>,
     headers: HeaderMap,

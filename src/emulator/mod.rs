@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use reqwest::Url;
 use tokio::net::TcpListener;
@@ -234,27 +234,13 @@ impl Drop for RunningEmulator {
     }
 }
 
+/// Every emulated endpoint: each file of the emulator declares its own routes.
 fn router(state: EmulatorState) -> Router {
     Router::new()
         .route("/", get(about))
-        .route(
-            &format!("{LOGIN_PREFIX}/{{tenant}}/oauth2/v2.0/token"),
-            post(entra::token),
-        )
-        .route(
-            &format!(
-                "{BUSINESS_STORE_PREFIX}/V1/Products/{{product_id}}/{{sku_id}}/OfflineLicense/{{content_id}}"
-            ),
-            post(business_store::offline_license),
-        )
-        .route(
-            &format!("{COLLECTIONS_PREFIX}/v6.0/b2b/keys/renew"),
-            post(keys::renew_collections),
-        )
-        .route(
-            &format!("{PURCHASE_PREFIX}/v6.0/b2b/keys/renew"),
-            post(keys::renew_purchase),
-        )
+        .merge(entra::routes())
+        .merge(business_store::routes())
+        .merge(keys::routes())
         .layer(middleware::from_fn(log_exchange))
         .with_state(state)
 }
