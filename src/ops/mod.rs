@@ -58,6 +58,9 @@ macro_rules! registry {
         /// The gRPC name of every service, for health (besides `""`).
         pub const SERVICE_NAMES: &[&str] = &[$( $service::NAME ),*];
 
+        /// Every (service, method) served.
+        pub const METHODS: &[(&str, &str)] = &[$( $( ($service::NAME, <$op as Operation>::METHOD), )* )*];
+
         /// Every service over `backends`, refusing request messages over `max_request_bytes`.
         pub fn routes(backends: &Backends, max_request_bytes: usize) -> Routes {
             let mut routes = Routes::builder();
@@ -80,5 +83,45 @@ registry! {
     /// `msstore.v1.StoreKeys`: Microsoft Store ID keys.
     StoreKeys: store_keys_server::StoreKeysServer as StoreKeys {
         renew_key => renew_key::RenewKey,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prost::Message;
+
+    use super::*;
+
+    /// Every service and method of the API protos is served, under its proto name, and
+    /// nothing else: a proto service without a registry block would otherwise compile and be
+    /// silently missing.
+    #[test]
+    fn the_registry_serves_exactly_the_api_of_the_protos() {
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes");
+        let mut in_protos = BTreeSet::new();
+        for file in set
+            .file
+            .iter()
+            .filter(|f| f.package().starts_with("msstore."))
+        {
+            for service in &file.service {
+                for method in &service.method {
+                    in_protos.insert((
+                        format!("{}.{}", file.package(), service.name()),
+                        method.name().to_owned(),
+                    ));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> = METHODS
+            .iter()
+            .map(|(service, method)| ((*service).to_owned(), (*method).to_owned()))
+            .collect();
+        assert_eq!(served, in_protos);
+        let services: BTreeSet<&str> = METHODS.iter().map(|(service, _)| *service).collect();
+        assert_eq!(services, SERVICE_NAMES.iter().copied().collect());
     }
 }
