@@ -19,8 +19,7 @@ use super::store_answer::{self, inner_code};
 /// The ids in the path, percent-decoded.
 type LicensePath = (String, String, String);
 
-/// `POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}`.
-/// `POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}`.
+/// The Store for Business routes.
 pub(super) fn routes() -> axum::Router<super::EmulatorState> {
     axum::Router::new().route(
         &format!(
@@ -31,6 +30,7 @@ pub(super) fn routes() -> axum::Router<super::EmulatorState> {
     )
 }
 
+/// `POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}`.
 async fn offline_license(
     Path((product_id, sku_id, content_id)): Path<LicensePath>,
     ConnectInfo(connection): ConnectInfo<ConnectionControl>,

@@ -152,8 +152,7 @@ fn entra_json(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-/// `POST /login/{tenant}/oauth2/v2.0/token`.
-/// `POST /login/{tenant}/oauth2/v2.0/token`.
+/// The Entra routes.
 pub(super) fn routes() -> axum::Router<super::EmulatorState> {
     axum::Router::new().route(
         &format!("{}/{{tenant}}/oauth2/v2.0/token", super::LOGIN_PREFIX),
@@ -161,6 +160,7 @@ pub(super) fn routes() -> axum::Router<super::EmulatorState> {
     )
 }
 
+/// `POST /login/{tenant}/oauth2/v2.0/token`.
 async fn token(Path(tenant): Path<String>, body: Bytes) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     match issue(&tenant, &form) {
