@@ -3,7 +3,6 @@
 //! ids always give the same license. A magic product id fails on purpose instead.
 
 use axum::extract::{ConnectInfo, Path};
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::engine::general_purpose::STANDARD;
@@ -12,9 +11,9 @@ use serde_json::json;
 
 use super::clock::{fnv1a, guid_for};
 use super::connection::ConnectionControl;
-use super::entra::{verify_ticket, TicketError};
+use super::entra::bearer_ticket;
 use super::magic::Magic;
-use super::store_answer::{self, inner_code};
+use super::store_answer;
 
 /// The ids in the path, percent-decoded.
 type LicensePath = (String, String, String);
@@ -41,22 +40,9 @@ async fn offline_license(
             return answer;
         }
     }
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty());
-    let Some(bearer) = bearer else {
-        return store_answer::unauthorized(
-            &headers,
-            inner_code::PARTNER_AAD_TICKET_REQUIRED,
-            "An Authorization: Bearer token is required.",
-        );
-    };
-    let ticket = match verify_ticket(bearer) {
+    let ticket = match bearer_ticket(&headers) {
         Ok(ticket) => ticket,
-        Err(error) => return refused(&headers, error),
+        Err(refusal) => return *refusal,
     };
     let license = License {
         tenant: &ticket.tid,
@@ -65,14 +51,6 @@ async fn offline_license(
         content_id: &content_id,
     };
     store_answer::json_answer(StatusCode::OK, &headers, &license.to_json())
-}
-
-fn refused(headers: &HeaderMap, error: TicketError) -> Response {
-    store_answer::unauthorized(
-        headers,
-        inner_code::AUTHENTICATION_TOKEN_INVALID,
-        &format!("Authentication token supplied is invalid: {error}."),
-    )
 }
 
 /// One deterministic offline license.

@@ -48,6 +48,32 @@ pub(super) struct Ticket {
 }
 
 /// Checks an access token the way the Store does: issued here, for onestore, not expired.
+/// The verified ticket of an `Authorization: Bearer` header, or the Store's 401 answer:
+/// `PartnerAadTicketRequired` without one, `AuthenticationTokenInvalid` for a bad one.
+pub(super) fn bearer_ticket(headers: &axum::http::HeaderMap) -> Result<Ticket, Box<Response>> {
+    use super::store_answer::{self, inner_code};
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty());
+    let Some(bearer) = bearer else {
+        return Err(Box::new(store_answer::unauthorized(
+            headers,
+            inner_code::PARTNER_AAD_TICKET_REQUIRED,
+            "An Authorization: Bearer token is required.",
+        )));
+    };
+    verify_ticket(bearer).map_err(|error| {
+        Box::new(store_answer::unauthorized(
+            headers,
+            inner_code::AUTHENTICATION_TOKEN_INVALID,
+            &format!("Authentication token supplied is invalid: {error}."),
+        ))
+    })
+}
+
 pub(super) fn verify_ticket(token: &str) -> Result<Ticket, TicketError> {
     let claims = jwt::decode(token)?;
     if jwt::text(&claims, "aud") != Some(ONESTORE_AUDIENCE) {
