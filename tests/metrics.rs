@@ -1,66 +1,118 @@
 //! The admin server: `/metrics` parses as Prometheus text and its series move as calls are
-//! made; `/healthz` and `/readyz` answer as probes expect.
+//! made, the per-RPC and per-host series of every operation of [`OPERATIONS`]; `/healthz` and
+//! `/readyz` answer as probes expect.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use msstore_facade::proto::msstore::v1::RenewKeyRequest;
+use msstore_facade::upstream::Host;
 use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
-const LICENSE: &[(&str, &str)] = &[("method", "GetOfflineLicense")];
+/// README, "Metrics": the `upstream` label of a Store host's series.
+fn upstream_label(host: Host) -> &'static str {
+    match host {
+        Host::BusinessStore => "business_store",
+        Host::Collections => "collections",
+        Host::Purchase => "purchase",
+    }
+}
+
+/// `name{service="...",method="..."<extra>}`: a series of `op`.
+fn series(name: &str, op: &Op, extra: &str) -> String {
+    format!(
+        r#"{name}{{service="{}",method="{}"{extra}}}"#,
+        op.service, op.method
+    )
+}
+
+/// The `msstore_rpc_requests_total` series of `op` and gRPC code `code`.
+fn requests(op: &Op, code: &str) -> String {
+    series(
+        "msstore_rpc_requests_total",
+        op,
+        &format!(r#",code="{code}""#),
+    )
+}
+
+/// The `service` and `method` labels of `op`.
+fn labels(op: &Op) -> [(&'static str, &'static str); 2] {
+    [("service", op.service), ("method", op.method)]
+}
+
+#[tokio::test]
+async fn every_operations_rpc_series_are_registered_at_zero() {
+    let h = Harness::start().await;
+    let metrics = h.facade.metrics().await;
+    for op in OPERATIONS {
+        for series in [
+            requests(op, "OK"),
+            series("msstore_rpc_duration_seconds_count", op, ""),
+            series("msstore_rpc_shed_total", op, ""),
+        ] {
+            assert_eq!(metrics.0.get(&series), Some(&0.0), "{series}");
+        }
+    }
+}
 
 #[tokio::test]
 async fn rpc_counts_by_method_and_code_move_with_calls() {
-    let h = Harness::start().await;
-    h.mount_license(ResponseTemplate::new(200).set_body_json(license_body()))
-        .await;
-    let before = h.facade.metrics().await;
-    h.entitlements()
-        .get_offline_license(license_request())
-        .await
-        .unwrap();
-    let bad = h
-        .keys()
-        .renew_key(RenewKeyRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    let after = h.facade.metrics().await;
+    for_every_operation(|op| async move {
+        let h = Harness::start().await;
+        op.mount(&h, op.ok()).await;
+        let channel = &h.facade.channel;
+        let before = h.facade.metrics().await;
+        (op.call)(channel.clone(), None, 0)
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        let answered = h.facade.metrics().await;
+        let bad = (op.call_invalid)(channel.clone()).await.unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{op:?}");
+        let after = h.facade.metrics().await;
 
-    let ok = r#"msstore_rpc_requests_total{service="msstore.v1.StoreEntitlements",method="GetOfflineLicense",code="OK"}"#;
-    assert_eq!(after.get(ok) - before.get(ok), 1.0);
-    let invalid = r#"msstore_rpc_requests_total{service="msstore.v1.StoreKeys",method="RenewKey",code="INVALID_ARGUMENT"}"#;
-    assert_eq!(after.get(invalid) - before.get(invalid), 1.0);
-    assert_eq!(
-        after.sum("msstore_rpc_duration_seconds_count", LICENSE)
-            - before.sum("msstore_rpc_duration_seconds_count", LICENSE),
-        1.0
-    );
-    let upstream_ok = [("upstream", "business_store"), ("status", "200")];
-    assert_eq!(
-        after.sum("msstore_upstream_requests_total", &upstream_ok),
-        1.0
-    );
-    assert_eq!(
-        after.sum(
-            "msstore_upstream_duration_seconds_count",
-            &[("upstream", "business_store")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        after.sum("msstore_token_requests_total", &[("outcome", "issued")]),
-        1.0
-    );
-    assert_eq!(
-        after.sum("msstore_upstream_requests_total", &[("upstream", "entra")]),
-        1.0
-    );
-    assert_eq!(after.get("msstore_calls_in_flight"), 0.0);
+        let ok = requests(op, "OK");
+        assert_eq!(after.get(&ok) - before.get(&ok), 1.0, "{ok}");
+        let invalid = requests(op, "INVALID_ARGUMENT");
+        assert_eq!(after.get(&invalid) - before.get(&invalid), 1.0, "{invalid}");
+        let duration = "msstore_rpc_duration_seconds_count";
+        assert_eq!(
+            answered.sum(duration, &labels(op)) - before.sum(duration, &labels(op)),
+            1.0,
+            "{op:?}"
+        );
+        let upstream = upstream_label(op.host);
+        assert_eq!(
+            after.sum(
+                "msstore_upstream_requests_total",
+                &[("upstream", upstream), ("status", "200")]
+            ),
+            1.0,
+            "{op:?}"
+        );
+        assert_eq!(
+            after.sum(
+                "msstore_upstream_duration_seconds_count",
+                &[("upstream", upstream)]
+            ),
+            1.0,
+            "{op:?}"
+        );
+        assert_eq!(
+            after.sum("msstore_token_requests_total", &[("outcome", "issued")]),
+            1.0,
+            "{op:?}"
+        );
+        assert_eq!(
+            after.sum("msstore_upstream_requests_total", &[("upstream", "entra")]),
+            1.0,
+            "{op:?}"
+        );
+        assert_eq!(after.get("msstore_calls_in_flight"), 0.0, "{op:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -81,119 +133,115 @@ async fn token_cache_hits_are_counted() {
 
 #[tokio::test]
 async fn retries_and_upstream_statuses_are_counted() {
-    let h = Harness::builder()
-        .resilience(|r| r.retry_base_delay = Duration::from_millis(1))
-        .start()
-        .await;
-    h.mount_token(3599).await;
-    Harness::answer_next_once(&h.business, ResponseTemplate::new(503)).await;
-    h.mount_license(ResponseTemplate::new(200).set_body_json(license_body()))
-        .await;
-    h.entitlements()
-        .get_offline_license(license_request())
-        .await
-        .unwrap();
-    let metrics = h.facade.metrics().await;
-    assert_eq!(
-        metrics.get(r#"msstore_upstream_retries_total{upstream="business_store"}"#),
-        1.0
-    );
-    let business = |status| [("upstream", "business_store"), ("status", status)];
-    assert_eq!(
-        metrics.sum("msstore_upstream_requests_total", &business("503")),
-        1.0
-    );
-    assert_eq!(
-        metrics.sum("msstore_upstream_requests_total", &business("200")),
-        1.0
-    );
+    for_every_operation(|op| async move {
+        let h = Harness::builder()
+            .resilience(|r| r.retry_base_delay = Duration::from_millis(1))
+            .start()
+            .await;
+        h.mount_token(3599).await;
+        op.mount_once(&h, ResponseTemplate::new(503)).await;
+        op.mount(&h, op.ok()).await;
+        (op.call)(h.facade.channel.clone(), None, 0)
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        let metrics = h.facade.metrics().await;
+        let upstream = upstream_label(op.host);
+        assert_eq!(
+            metrics.get(&format!(
+                r#"msstore_upstream_retries_total{{upstream="{upstream}"}}"#
+            )),
+            1.0,
+            "{op:?}"
+        );
+        let on_its_host = |status| [("upstream", upstream), ("status", status)];
+        assert_eq!(
+            metrics.sum("msstore_upstream_requests_total", &on_its_host("503")),
+            1.0,
+            "{op:?}"
+        );
+        assert_eq!(
+            metrics.sum("msstore_upstream_requests_total", &on_its_host("200")),
+            1.0,
+            "{op:?}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn open_circuit_shows_in_the_circuit_gauge() {
-    let h = Harness::builder()
-        .resilience(|r| {
-            r.circuit_failures = 1;
-            r.max_attempts = 1;
-            r.circuit_open_for = Duration::from_secs(60);
-        })
-        .start()
-        .await;
-    h.mount_token(3599).await;
-    let closed = h.facade.metrics().await;
-    assert_eq!(
-        closed.sum("msstore_circuit_state", &[("upstream", "business_store")]),
-        0.0
-    );
-    h.mount_license(ResponseTemplate::new(503)).await;
-    let _ = h
-        .entitlements()
-        .get_offline_license(license_request())
-        .await
-        .unwrap_err();
-    let open = h.facade.metrics().await;
-    assert_eq!(
-        open.sum("msstore_circuit_state", &[("upstream", "business_store")]),
-        1.0
-    );
-    assert_eq!(
-        open.sum("msstore_circuit_state", &[("upstream", "collections")]),
-        0.0
-    );
+    for_every_operation(|op| async move {
+        let h = Harness::builder()
+            .resilience(|r| {
+                r.circuit_failures = 1;
+                r.max_attempts = 1;
+                r.circuit_open_for = Duration::from_secs(60);
+            })
+            .start()
+            .await;
+        h.mount_token(3599).await;
+        let circuit = |metrics: &Metrics, host| {
+            metrics.sum(
+                "msstore_circuit_state",
+                &[("upstream", upstream_label(host))],
+            )
+        };
+        let closed = h.facade.metrics().await;
+        assert_eq!(circuit(&closed, op.host), 0.0, "{op:?}");
+        op.mount(&h, ResponseTemplate::new(503)).await;
+        let _ = op.fail(&h.facade.channel).await;
+        let open = h.facade.metrics().await;
+        assert_eq!(circuit(&open, op.host), 1.0, "{op:?}");
+        for other in Host::all().filter(|host| *host != op.host) {
+            assert_eq!(circuit(&open, other), 0.0, "{op:?}: {other:?}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn shed_and_coalesced_calls_are_counted() {
-    let h = Harness::builder()
-        .resilience(|r| r.max_concurrent_calls = 2)
-        .start()
-        .await;
-    h.mount_token(3599).await;
-    h.mount_license(
-        ResponseTemplate::new(200)
-            .set_body_json(license_body())
-            .set_delay(Duration::from_millis(400)),
-    )
-    .await;
-    let (mut one, mut two) = (h.entitlements(), h.entitlements());
-    let (first, second) = tokio::join!(
-        one.get_offline_license(license_request()),
-        two.get_offline_license(license_request()),
-    );
-    first.unwrap();
-    second.unwrap();
-    let coalesced = h.facade.metrics().await;
-    assert_eq!(coalesced.get("msstore_coalesced_calls_total"), 1.0);
+    for_every_operation(|op| async move {
+        let h = Harness::builder()
+            .resilience(|r| r.max_concurrent_calls = 2)
+            .start()
+            .await;
+        h.mount_token(3599).await;
+        op.mount(&h, op.ok().set_delay(Duration::from_millis(400)))
+            .await;
+        let channel = &h.facade.channel;
+        let call = |variant| (op.call)(channel.clone(), None, variant);
+        let (first, second) = tokio::join!(call(0), call(0));
+        first.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        second.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        let coalesced = h.facade.metrics().await;
+        assert_eq!(
+            coalesced.get("msstore_coalesced_calls_total"),
+            if op.coalesces { 1.0 } else { 0.0 },
+            "{op:?}"
+        );
 
-    let slow = tokio::spawn({
-        let (a, b) = (h.entitlements(), h.entitlements());
-        async move {
-            let mut a = a;
-            let mut b = b;
-            let mut other = license_request();
-            other.sku_id = "0002".into();
-            tokio::join!(
-                a.get_offline_license(license_request()),
-                b.get_offline_license(other)
-            )
-        }
-    });
-    assert_eventually(|| async {
-        let in_flight = h.facade.metrics().await.get("msstore_calls_in_flight");
-        (in_flight == 2.0).then_some(())
+        // Two distinct calls fill the limit; a third, identical to one of them, is shed (the
+        // limit comes before coalescing).
+        let slow = tokio::spawn(futures_util::future::join(call(0), call(1)));
+        assert_eventually(|| async {
+            let in_flight = h.facade.metrics().await.get("msstore_calls_in_flight");
+            (in_flight == 2.0).then_some(())
+        })
+        .await;
+        let refused = call(0).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{op:?}");
+        let metrics = h.facade.metrics().await;
+        assert_eq!(
+            metrics.sum("msstore_rpc_shed_total", &labels(op)),
+            1.0,
+            "{op:?}"
+        );
+        let (a, b) = slow.await.unwrap();
+        a.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        b.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
     })
     .await;
-    let refused = h
-        .entitlements()
-        .get_offline_license(license_request())
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable);
-    let metrics = h.facade.metrics().await;
-    assert_eq!(metrics.sum("msstore_rpc_shed_total", LICENSE), 1.0);
-    let (a, b) = slow.await.unwrap();
-    a.unwrap();
-    b.unwrap();
 }
 
 #[tokio::test]

@@ -1,7 +1,10 @@
 //! Fault injection for issue 4: the caller's deadline and cancellation end the upstream
 //! request; transient failures (and only those) are retried, within the deadline and a retry
 //! budget; per-host circuits open and close; calls beyond the concurrency limit are shed, never
-//! queued; identical concurrent calls share one upstream request.
+//! queued; identical concurrent calls share one upstream request where the operation coalesces.
+//!
+//! Every behaviour every operation must have is checked for every row of [`OPERATIONS`], the
+//! operations at once, each on upstreams and a facade of its own (see [`for_every_operation`]).
 //!
 //! Every upstream is on 127.0.0.1: wiremock, or a raw TCP "server" where the test must see the
 //! connection itself (was it closed?) or hold an answer back until it says so. No test sleeps
@@ -21,11 +24,11 @@ use msstore_facade::auth::TenantId;
 use msstore_facade::auth::{CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::resilience::ResilienceConfig;
+use msstore_facade::upstream::Host;
 use msstore_facade::Settings;
-use pb::store_entitlements_client::StoreEntitlementsClient;
 use pb::store_keys_client::StoreKeysClient;
 use secrecy::SecretString;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -45,31 +48,6 @@ const GENEROUS: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 // Calls and their outcomes.
 
-type LicenseOutcome = Result<pb::OfflineLicense, Status>;
-
-/// A valid offline-license request for `content_id` (distinct ids are never coalesced).
-fn license(content_id: &str) -> pb::GetOfflineLicenseRequest {
-    pb::GetOfflineLicenseRequest {
-        content_id: content_id.into(),
-        ..license_request()
-    }
-}
-
-async fn get_license(
-    channel: &Channel,
-    message: pb::GetOfflineLicenseRequest,
-    timeout: Option<Duration>,
-) -> LicenseOutcome {
-    let mut request = tonic::Request::new(message);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    StoreEntitlementsClient::new(channel.clone())
-        .get_offline_license(request)
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// RenewKey of `key` with the facade's own token.
 async fn renew(channel: &Channel, key: String) -> Result<pb::RenewKeyResponse, Status> {
     StoreKeysClient::new(channel.clone())
@@ -80,10 +58,6 @@ async fn renew(channel: &Channel, key: String) -> Result<pb::RenewKeyResponse, S
         })
         .await
         .map(tonic::Response::into_inner)
-}
-
-fn collections_key() -> String {
-    store_key(COLLECTIONS_AUD, now() - 3600, now() + 29 * 24 * 3600)
 }
 
 fn purchase_key() -> String {
@@ -99,24 +73,20 @@ async fn mount_renew_on(server: &MockServer, template: ResponseTemplate) {
         .await;
 }
 
-fn renewed() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({ "key": collections_key() }))
-}
-
-fn license_ok() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(license_body())
-}
-
-/// The call failed with `code` and ErrorInfo `reason`.
+/// The call (of `what`) failed with `code` and ErrorInfo `reason`.
 #[track_caller]
 fn expect_failure<T: std::fmt::Debug>(
+    what: impl std::fmt::Debug,
     outcome: Result<T, Status>,
     code: Code,
     reason: &str,
 ) -> Status {
-    let status = outcome.expect_err("the call must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(error_info(&status).reason, reason, "{status:?}");
+    let status = match outcome {
+        Ok(answer) => panic!("{what:?}: the call must fail: {answer:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "{what:?}: {status:?}");
+    assert_eq!(error_info(&status).reason, reason, "{what:?}: {status:?}");
     status
 }
 
@@ -230,14 +200,17 @@ enum Behaviour {
     /// Never answers: waits for the facade to close the connection (EOF or reset), and
     /// reports that on `closed`.
     NeverAnswer,
-    /// Answers 200 with [`license_body`] once released (and at once after that).
-    LicenseOnceReleased,
+    /// Answers 200 with its body (the operation's [`Op::ok_body`]) once released (and at once
+    /// after that).
+    AnswerOnceReleased,
 }
 
 /// A loopback upstream on raw TCP, for what wiremock cannot show: whether the facade closed a
 /// connection whose request is still unanswered, and answers held until the test says so.
 struct RawUpstream {
     addr: SocketAddr,
+    /// The body of its 200 answers.
+    body: Value,
     /// The head (request line and headers) of every request read, in order.
     heads: Arc<Mutex<Vec<String>>>,
     /// One message per request read.
@@ -249,9 +222,12 @@ struct RawUpstream {
 }
 
 impl RawUpstream {
-    async fn start(behaviour: Behaviour) -> Self {
+    /// An upstream of `op` (whose 200 answers carry its [`Op::ok_body`]).
+    async fn start(op: &Op, behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let body = (op.ok_body)();
+        let answer: Arc<str> = body.to_string().into();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let (received_tx, received) = mpsc::unbounded_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
@@ -262,6 +238,7 @@ impl RawUpstream {
                 tokio::spawn(serve_connection(
                     stream,
                     behaviour,
+                    answer.clone(),
                     recorded.clone(),
                     received_tx.clone(),
                     closed_tx.clone(),
@@ -271,6 +248,7 @@ impl RawUpstream {
         });
         Self {
             addr,
+            body,
             heads,
             received,
             closed,
@@ -317,6 +295,7 @@ impl RawUpstream {
 async fn serve_connection(
     mut stream: TcpStream,
     behaviour: Behaviour,
+    body: Arc<str>,
     heads: Arc<Mutex<Vec<String>>>,
     received: mpsc::UnboundedSender<()>,
     closed: mpsc::UnboundedSender<()>,
@@ -339,11 +318,10 @@ async fn serve_connection(
                     }
                 }
             }
-            Behaviour::LicenseOnceReleased => {
+            Behaviour::AnswerOnceReleased => {
                 if held.wait_for(|held| !*held).await.is_err() {
                     return;
                 }
-                let body = license_body().to_string();
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                      content-length: {}\r\n\r\n{body}",
@@ -392,76 +370,89 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 // ---------------------------------------------------------------------------------------------
 // Deadlines and cancellation.
 
+/// Resilience settings under which only the caller's deadline can end a call: the per-attempt
+/// timeout and the default deadline are far away.
+fn only_the_callers_deadline(r: &mut ResilienceConfig) {
+    r.upstream_timeout = Duration::from_secs(600);
+    r.default_deadline = Duration::from_secs(600);
+}
+
 #[tokio::test]
 async fn caller_deadline_answers_deadline_exceeded_and_drops_the_upstream_request() {
-    let mut upstream = RawUpstream::start(Behaviour::NeverAnswer).await;
-    // Only the caller's deadline can end this call: the per-attempt timeout is far away.
-    let (_token, facade) = facade_at(&upstream.base(), |r| {
-        r.upstream_timeout = Duration::from_secs(600);
-        r.default_deadline = Duration::from_secs(600);
+    for_every_operation(|op| async move {
+        let mut upstream = RawUpstream::start(op, Behaviour::NeverAnswer).await;
+        let (_token, facade) = facade_at(&upstream.base(), only_the_callers_deadline).await;
+        let started = Instant::now();
+        let timeout = Some(Duration::from_secs(1));
+        let outcome = (op.call)(facade.channel.clone(), timeout, 0).await;
+        // The facade's own answer: tonic's timer would answer CANCELLED without ErrorInfo.
+        expect_failure(op, outcome, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+        assert!(
+            started.elapsed() < GENEROUS,
+            "{op:?}: {:?}",
+            started.elapsed()
+        );
+        upstream.request_received().await;
+        upstream.connection_closed().await;
+        assert_eq!(
+            upstream.heads().len(),
+            1,
+            "{op:?}: a timed-out call is not retried"
+        );
     })
     .await;
-    let started = Instant::now();
-    let outcome = get_license(
-        &facade.channel,
-        license_request(),
-        Some(Duration::from_secs(1)),
-    )
-    .await;
-    // The facade's own answer: tonic's timer would answer CANCELLED without ErrorInfo.
-    expect_failure(outcome, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
-    assert!(started.elapsed() < GENEROUS, "{:?}", started.elapsed());
-    upstream.request_received().await;
-    upstream.connection_closed().await;
-    assert_eq!(upstream.heads().len(), 1, "a timed-out call is not retried");
 }
 
 #[tokio::test]
 async fn without_a_caller_deadline_the_default_deadline_applies() {
-    let mut upstream = RawUpstream::start(Behaviour::NeverAnswer).await;
-    let (_token, facade) = facade_at(&upstream.base(), |r| {
-        r.upstream_timeout = Duration::from_secs(600);
-        r.default_deadline = Duration::from_secs(1);
+    for_every_operation(|op| async move {
+        let mut upstream = RawUpstream::start(op, Behaviour::NeverAnswer).await;
+        let (_token, facade) = facade_at(&upstream.base(), |r| {
+            r.upstream_timeout = Duration::from_secs(600);
+            r.default_deadline = Duration::from_secs(1);
+        })
+        .await;
+        let call = (op.call)(facade.channel.clone(), None, 0);
+        let outcome = within(GENEROUS, "the default deadline", call).await;
+        let status = expect_failure(op, outcome, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+        assert!(status.message().contains("1000 ms"), "{op:?}: {status:?}");
+        upstream.request_received().await;
+        upstream.connection_closed().await;
     })
     .await;
-    let call = get_license(&facade.channel, license_request(), None);
-    let outcome = within(GENEROUS, "the default deadline", call).await;
-    let status = expect_failure(outcome, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
-    assert!(status.message().contains("1000 ms"), "{status:?}");
-    upstream.request_received().await;
-    upstream.connection_closed().await;
 }
 
 #[tokio::test]
 async fn the_per_attempt_upstream_timeout_ends_a_silent_attempt() {
-    let mut upstream = RawUpstream::start(Behaviour::NeverAnswer).await;
-    let (_token, facade) = facade_at(&upstream.base(), |r| {
-        r.upstream_timeout = Duration::from_millis(500);
-        r.default_deadline = Duration::from_secs(600);
+    for_every_operation(|op| async move {
+        let mut upstream = RawUpstream::start(op, Behaviour::NeverAnswer).await;
+        let (_token, facade) = facade_at(&upstream.base(), |r| {
+            r.upstream_timeout = Duration::from_millis(500);
+            r.default_deadline = Duration::from_secs(600);
+        })
+        .await;
+        let call = (op.call)(facade.channel.clone(), None, 0);
+        let outcome = within(GENEROUS, "the per-attempt timeout", call).await;
+        let status = expect_failure(op, outcome, Code::Unavailable, "UPSTREAM_TIMEOUT");
+        assert!(retry_delay(&status).is_some(), "{op:?}: {status:?}");
+        upstream.request_received().await;
+        upstream.connection_closed().await;
     })
     .await;
-    let call = get_license(&facade.channel, license_request(), None);
-    let outcome = within(GENEROUS, "the per-attempt timeout", call).await;
-    let status = expect_failure(outcome, Code::Unavailable, "UPSTREAM_TIMEOUT");
-    assert!(retry_delay(&status).is_some(), "{status:?}");
-    upstream.request_received().await;
-    upstream.connection_closed().await;
 }
 
 #[tokio::test]
 async fn caller_cancellation_drops_the_upstream_request() {
-    let mut upstream = RawUpstream::start(Behaviour::NeverAnswer).await;
-    let (_token, facade) = facade_at(&upstream.base(), |r| {
-        r.upstream_timeout = Duration::from_secs(600);
-        r.default_deadline = Duration::from_secs(600);
+    for_every_operation(|op| async move {
+        let mut upstream = RawUpstream::start(op, Behaviour::NeverAnswer).await;
+        let (_token, facade) = facade_at(&upstream.base(), only_the_callers_deadline).await;
+        let call = tokio::spawn((op.call)(facade.channel.clone(), None, 0));
+        upstream.request_received().await;
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled(), "{op:?}");
+        upstream.connection_closed().await;
     })
     .await;
-    let channel = facade.channel.clone();
-    let call = tokio::spawn(async move { get_license(&channel, license_request(), None).await });
-    upstream.request_received().await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    upstream.connection_closed().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,42 +460,37 @@ async fn caller_cancellation_drops_the_upstream_request() {
 
 #[tokio::test]
 async fn transient_statuses_are_retried_with_consecutive_correlation_vectors() {
-    let h = Harness::start().await;
-    for status in [503, 502, 504, 408] {
-        h.business.reset().await;
-        Harness::answer_next_once(&h.business, ResponseTemplate::new(status)).await;
-        h.mount_license(license_ok()).await;
-        let license = get_license(
-            &h.facade.channel,
-            license_request(),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap_or_else(|s| panic!("HTTP {status} then 200: {s:?}"));
-        assert_eq!(license.license_blob, license_body()["licenseBlob"]);
-        let requests = Harness::requests(&h.business).await;
-        assert_eq!(requests.len(), 2, "HTTP {status} then 200");
-        assert_consecutive_ms_cv(&requests);
-    }
-}
-
-#[tokio::test]
-async fn renew_key_502_then_200_is_retried_on_its_host() {
-    let h = Harness::start().await;
-    Harness::answer_next_once(&h.collections, ResponseTemplate::new(502)).await;
-    h.mount_renew(renewed()).await;
-    renew(&h.facade.channel, collections_key()).await.unwrap();
-    let requests = Harness::requests(&h.collections).await;
-    assert_eq!(requests.len(), 2);
-    assert_consecutive_ms_cv(&requests);
-    assert!(Harness::requests(&h.purchase).await.is_empty());
+    for_every_operation(|op| async move {
+        let h = Harness::start().await;
+        for &status in op.retried {
+            let case = format!("{op:?}: HTTP {status} then 200");
+            op.store(&h).reset().await;
+            op.mount_once(&h, ResponseTemplate::new(status)).await;
+            let body = (op.ok_body)();
+            op.mount(&h, ResponseTemplate::new(200).set_body_json(&body))
+                .await;
+            let timeout = Some(Duration::from_secs(10));
+            let answer = (op.answer)(h.facade.channel.clone(), timeout, 0)
+                .await
+                .unwrap_or_else(|s| panic!("{case}: {s:?}"));
+            assert_eq!(answer.echoed, (op.echoed)(&body), "{case}");
+            let requests = Harness::requests(op.store(&h)).await;
+            assert_eq!(requests.len(), 2, "{case}");
+            assert_consecutive_ms_cv(&requests);
+            // Retried on the operation's own host, and nowhere else.
+            for host in Host::all().filter(|host| *host != op.host) {
+                let elsewhere = Harness::requests(h.store(host)).await;
+                assert!(elsewhere.is_empty(), "{case}: requests to {host:?}");
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn connect_errors_are_retried() {
     // Attempts to a closed port cannot be counted at the port, but the circuit breaker counts
     // them: with a threshold of 3, one call opens the circuit only if it made 3 attempts.
-    let closed = closed_port_url();
     let circuit_of_three = |attempts: u32| {
         move |r: &mut ResilienceConfig| {
             r.max_attempts = attempts;
@@ -513,96 +499,100 @@ async fn connect_errors_are_retried() {
             r.retry_base_delay = Duration::from_millis(1);
         }
     };
+    for_every_operation(|op| async move {
+        let closed = closed_port_url();
+        let (_token, retrying) = facade_at(&closed, circuit_of_three(3)).await;
+        let first = (op.call)(retrying.channel.clone(), None, 0).await;
+        expect_failure(op, first, Code::Unavailable, "UPSTREAM_UNREACHABLE");
+        let second = (op.call)(retrying.channel.clone(), None, 0).await;
+        expect_failure(op, second, Code::Unavailable, "CIRCUIT_OPEN");
 
-    let (_token, retrying) = facade_at(&closed, circuit_of_three(3)).await;
-    let first = get_license(&retrying.channel, license_request(), None).await;
-    expect_failure(first, Code::Unavailable, "UPSTREAM_UNREACHABLE");
-    let second = get_license(&retrying.channel, license_request(), None).await;
-    expect_failure(second, Code::Unavailable, "CIRCUIT_OPEN");
-
-    // The control: without retries, one call is one failure, and the circuit stays closed.
-    let (_token, single) = facade_at(&closed, circuit_of_three(1)).await;
-    for _ in 0..2 {
-        let outcome = get_license(&single.channel, license_request(), None).await;
-        expect_failure(outcome, Code::Unavailable, "UPSTREAM_UNREACHABLE");
-    }
+        // The control: without retries, one call is one failure, and the circuit stays closed.
+        let (_token, single) = facade_at(&closed, circuit_of_three(1)).await;
+        for _ in 0..2 {
+            let outcome = (op.call)(single.channel.clone(), None, 0).await;
+            expect_failure(op, outcome, Code::Unavailable, "UPSTREAM_UNREACHABLE");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn retry_after_that_fits_the_deadline_is_honoured() {
-    let h = Harness::start().await;
-    Harness::answer_next_once(
-        &h.business,
-        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
-    )
+    for_every_operation(|op| async move {
+        let h = Harness::start().await;
+        let throttled = ResponseTemplate::new(429).insert_header("Retry-After", "1");
+        op.mount_once(&h, throttled).await;
+        op.mount(&h, op.ok()).await;
+        let started = Instant::now();
+        (op.call)(h.facade.channel.clone(), Some(Duration::from_secs(10)), 0)
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        // A lower bound only: the facade waited the second the Store asked for.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(990), "{op:?}: {elapsed:?}");
+        assert_eq!(Harness::requests(op.store(&h)).await.len(), 2, "{op:?}");
+    })
     .await;
-    h.mount_license(license_ok()).await;
-    let started = Instant::now();
-    get_license(
-        &h.facade.channel,
-        license_request(),
-        Some(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
-    // A lower bound only: the facade waited the second the Store asked for.
-    assert!(
-        started.elapsed() >= Duration::from_millis(990),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(Harness::requests(&h.business).await.len(), 2);
 }
 
 #[tokio::test]
 async fn retry_after_beyond_the_deadline_is_handed_back_at_once() {
-    let h = Harness::start().await;
-    h.mount_license(ResponseTemplate::new(429).insert_header("Retry-After", "30"))
+    for_every_operation(|op| async move {
+        let h = Harness::start().await;
+        op.mount(
+            &h,
+            ResponseTemplate::new(429).insert_header("Retry-After", "30"),
+        )
         .await;
-    // Waiting 30 s would run out the 2 s deadline: DEADLINE_EXCEEDED instead of this.
-    let outcome = get_license(
-        &h.facade.channel,
-        license_request(),
-        Some(Duration::from_secs(2)),
-    )
+        // Waiting 30 s would run out the 2 s deadline: DEADLINE_EXCEEDED instead of this.
+        let outcome = (op.call)(h.facade.channel.clone(), Some(Duration::from_secs(2)), 0).await;
+        let status = outcome.expect_err("the Store throttles");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{op:?}: {status:?}");
+        assert_eq!(
+            retry_delay(&status),
+            Some(Duration::from_secs(30)),
+            "{op:?}"
+        );
+        assert_eq!(Harness::requests(op.store(&h)).await.len(), 1, "{op:?}");
+    })
     .await;
-    let status = outcome.unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(retry_delay(&status), Some(Duration::from_secs(30)));
-    assert_eq!(Harness::requests(&h.business).await.len(), 1);
 }
 
 #[tokio::test]
 async fn other_failures_are_never_retried() {
-    let h = Harness::start().await;
-    let cases = [
-        (ResponseTemplate::new(400), Code::InvalidArgument),
-        (ResponseTemplate::new(404), Code::NotFound),
-        (ResponseTemplate::new(409), Code::FailedPrecondition),
-        // A 429 without Retry-After: nothing says when a retry could succeed.
-        (ResponseTemplate::new(429), Code::ResourceExhausted),
-        (ResponseTemplate::new(500), Code::Internal),
-        (ResponseTemplate::new(501), Code::Unimplemented),
-    ];
-    for (template, code) in cases {
-        h.business.reset().await;
-        h.mount_license(template).await;
-        let status = get_license(&h.facade.channel, license_request(), None)
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), code, "{status:?}");
-        assert_eq!(
-            Harness::requests(&h.business).await.len(),
-            1,
-            "{code:?} was retried"
+    for_every_operation(|op| async move {
+        let h = Harness::start().await;
+        let mut cases = vec![
+            (400, Code::InvalidArgument),
+            (404, Code::NotFound),
+            (409, op.conflict),
+            // A 429 without Retry-After: nothing says when a retry could succeed.
+            (429, Code::ResourceExhausted),
+            (500, Code::Internal),
+            (501, Code::Unimplemented),
+        ];
+        // Transient statuses after which the operation is not retried (section 7: not
+        // idempotent) are UNAVAILABLE, sent once.
+        cases.extend(
+            TRANSIENT_STATUSES
+                .iter()
+                .filter(|status| !op.retried.contains(status))
+                .map(|&status| (status, Code::Unavailable)),
         );
-    }
-    h.mount_renew(ResponseTemplate::new(409)).await;
-    let status = renew(&h.facade.channel, collections_key())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    assert_eq!(Harness::requests(&h.collections).await.len(), 1);
+        for (http_status, code) in cases {
+            op.store(&h).reset().await;
+            op.mount(&h, ResponseTemplate::new(http_status)).await;
+            let status = op.fail(&h.facade.channel).await;
+            assert_eq!(status.code(), code, "{op:?} HTTP {http_status}: {status:?}");
+            assert_eq!(
+                Harness::requests(op.store(&h)).await.len(),
+                1,
+                "{op:?}: HTTP {http_status} was retried"
+            );
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -610,52 +600,59 @@ async fn a_failure_storm_is_capped_by_the_retry_budget() {
     const CALLS: usize = 200;
     const CONCURRENCY: usize = 10;
     const MIN_PER_SEC: usize = 1;
-    let h = Harness::builder()
-        .resilience(|r| {
-            r.circuit_failures = 0;
-            r.max_attempts = 3;
-            r.retry_base_delay = Duration::from_millis(1);
-            r.retry_max_delay = Duration::from_millis(1);
-            r.retry_budget_percent = 20.0;
-            r.retry_budget_min_per_sec = MIN_PER_SEC as u32;
-        })
-        .start()
-        .await;
-    h.mount_token(3599).await;
-    h.mount_license(ResponseTemplate::new(503)).await;
+    for_every_operation(|op| async move {
+        let h = Harness::builder()
+            .resilience(|r| {
+                r.circuit_failures = 0;
+                r.max_attempts = 3;
+                r.retry_base_delay = Duration::from_millis(1);
+                r.retry_max_delay = Duration::from_millis(1);
+                r.retry_budget_percent = 20.0;
+                r.retry_budget_min_per_sec = MIN_PER_SEC as u32;
+            })
+            .start()
+            .await;
+        h.mount_token(3599).await;
+        op.mount(&h, ResponseTemplate::new(503)).await;
 
-    let started = Instant::now();
-    let channel = h.facade.channel.clone();
-    let outcomes: Vec<LicenseOutcome> = futures_util::stream::iter(0..CALLS)
-        .map(|i| {
-            let channel = channel.clone();
-            async move { get_license(&channel, license(&format!("storm-{i}")), None).await }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    for outcome in outcomes {
-        expect_failure(outcome, Code::Unavailable, "SERVICE_UNAVAILABLE");
-    }
+        let started = Instant::now();
+        let channel = h.facade.channel.clone();
+        // Distinct requests (variants 1 to CALLS), so that none is coalesced.
+        let outcomes: Vec<Result<(), Status>> = futures_util::stream::iter(1..=CALLS as u32)
+            .map(|variant| (op.call)(channel.clone(), None, variant))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let elapsed = started.elapsed();
+        for outcome in outcomes {
+            expect_failure(op, outcome, Code::Unavailable, "SERVICE_UNAVAILABLE");
+        }
 
-    // Without a budget every call would make 3 attempts: 600 requests. The budget is tower's
-    // TpsBudget over a 10 s window: each call deposits 1, each retry withdraws 5 (= 1 / 20%),
-    // and a reserve of MIN_PER_SEC * 10 s * 5 is added, so a retry is allowed only while
-    // reserve + deposits - 5 * retries stays >= 0: retries <= 10 + CALLS / 5 per window, so
-    // at most CALLS + CALLS / 5 + 10 = 250 requests (exactly what a fast run sends). A run
-    // slower than the window gets its reserve again per window (counted generously as one per
-    // 9 s, for the window's 1 s slots); 5 more for slack.
-    let windows = 1 + (elapsed.as_secs() / 9) as usize;
-    let cap = CALLS + CALLS / 5 + MIN_PER_SEC * 10 * windows + 5;
-    let sent = Harness::requests(&h.business).await.len();
-    assert!(
-        sent <= cap,
-        "{sent} upstream requests for {CALLS} calls in {elapsed:?}: above the budget's {cap}"
-    );
-    eprintln!("{CALLS} failing calls: {sent} upstream requests (cap {cap}) in {elapsed:?}");
-    // And the reserve alone guarantees some retries were made.
-    assert!(sent >= CALLS + 10, "{sent} upstream requests: no retries?");
+        // Without a budget every call would make 3 attempts: 600 requests. The budget is
+        // tower's TpsBudget over a 10 s window: each call deposits 1, each retry withdraws 5
+        // (= 1 / 20%), and a reserve of MIN_PER_SEC * 10 s * 5 is added, so a retry is allowed
+        // only while reserve + deposits - 5 * retries stays >= 0: retries <= 10 + CALLS / 5
+        // per window, so at most CALLS + CALLS / 5 + 10 = 250 requests (exactly what a fast
+        // run sends). A run slower than the window gets its reserve again per window (counted
+        // generously as one per 9 s, for the window's 1 s slots); 5 more for slack.
+        let windows = 1 + (elapsed.as_secs() / 9) as usize;
+        let cap = CALLS + CALLS / 5 + MIN_PER_SEC * 10 * windows + 5;
+        let sent = Harness::requests(op.store(&h)).await.len();
+        assert!(
+            sent <= cap,
+            "{op:?}: {sent} upstream requests for {CALLS} calls in {elapsed:?}: above the \
+             budget's {cap}"
+        );
+        eprintln!(
+            "{op:?}: {CALLS} failing calls: {sent} upstream requests (cap {cap}) in {elapsed:?}"
+        );
+        // And the reserve alone guarantees some retries were made.
+        assert!(
+            sent >= CALLS + 10,
+            "{op:?}: {sent} upstream requests: no retries?"
+        );
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,98 +663,157 @@ async fn the_circuit_opens_after_consecutive_failures_and_closes_after_a_probe()
     // Long enough that the call right after the third failure surely finds it open, even on a
     // loaded machine; short enough to wait out.
     const OPEN_FOR: Duration = Duration::from_secs(1);
-    let h = Harness::builder()
-        .resilience(|r| {
-            r.circuit_failures = 3;
-            r.circuit_open_for = OPEN_FOR;
-            r.max_attempts = 1;
-        })
-        .start()
-        .await;
-    h.mount_token(3599).await;
-    h.mount_license(ResponseTemplate::new(503)).await;
-    let channel = &h.facade.channel;
-    let upstream_requests = || async { Harness::requests(&h.business).await.len() };
+    for_every_operation(|op| async move {
+        let h = Harness::builder()
+            .resilience(|r| {
+                r.circuit_failures = 3;
+                r.circuit_open_for = OPEN_FOR;
+                r.max_attempts = 1;
+            })
+            .start()
+            .await;
+        h.mount_token(3599).await;
+        op.mount(&h, ResponseTemplate::new(503)).await;
+        let channel = &h.facade.channel;
+        let call = || (op.call)(channel.clone(), None, 0);
+        let upstream_requests = || async { Harness::requests(op.store(&h)).await.len() };
 
-    for _ in 0..3 {
-        let outcome = get_license(channel, license_request(), None).await;
-        expect_failure(outcome, Code::Unavailable, "SERVICE_UNAVAILABLE");
-    }
-    assert_eq!(upstream_requests().await, 3);
+        for _ in 0..3 {
+            expect_failure(op, call().await, Code::Unavailable, "SERVICE_UNAVAILABLE");
+        }
+        assert_eq!(upstream_requests().await, 3, "{op:?}");
 
-    let outcome = get_license(channel, license_request(), None).await;
-    let status = expect_failure(outcome, Code::Unavailable, "CIRCUIT_OPEN");
-    let delay = retry_delay(&status).expect("RetryInfo on CIRCUIT_OPEN");
-    assert!(delay > Duration::ZERO && delay <= OPEN_FOR, "{delay:?}");
-    assert_eq!(
-        upstream_requests().await,
-        3,
-        "an open circuit sends nothing"
-    );
+        let status = expect_failure(op, call().await, Code::Unavailable, "CIRCUIT_OPEN");
+        let delay = retry_delay(&status).expect("RetryInfo on CIRCUIT_OPEN");
+        assert!(
+            delay > Duration::ZERO && delay <= OPEN_FOR,
+            "{op:?}: {delay:?}"
+        );
+        assert_eq!(
+            upstream_requests().await,
+            3,
+            "{op:?}: an open circuit sends nothing"
+        );
 
-    // The facade itself stays healthy while a Store host fails (README, "Health meanwhile").
-    let health = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(health.status(), ServingStatus::Serving);
+        // The facade itself stays healthy while a Store host fails (README, "Health
+        // meanwhile").
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.status(), ServingStatus::Serving, "{op:?}");
 
-    h.business.reset().await;
-    h.mount_license(license_ok()).await;
-    eventually(
-        "a probe closing the circuit",
-        Duration::from_secs(60),
-        || async {
-            match get_license(channel, license_request(), None).await {
-                Ok(_) => Some(()),
-                Err(status) => {
-                    assert_eq!(error_info(&status).reason, "CIRCUIT_OPEN", "{status:?}");
-                    None
+        op.store(&h).reset().await;
+        op.mount(&h, op.ok()).await;
+        eventually(
+            "a probe closing the circuit",
+            Duration::from_secs(60),
+            || async {
+                match call().await {
+                    Ok(()) => Some(()),
+                    Err(status) => {
+                        let reason = error_info(&status).reason;
+                        assert_eq!(reason, "CIRCUIT_OPEN", "{op:?}: {status:?}");
+                        None
+                    }
                 }
-            }
-        },
-    )
+            },
+        )
+        .await;
+        assert_eq!(
+            upstream_requests().await,
+            1,
+            "{op:?}: only the probe went upstream"
+        );
+        for expected in 2..=4 {
+            call().await.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+            assert_eq!(upstream_requests().await, expected, "{op:?}");
+        }
+    })
     .await;
-    assert_eq!(upstream_requests().await, 1, "only the probe went upstream");
-    for expected in 2..=4 {
-        get_license(channel, license_request(), None).await.unwrap();
-        assert_eq!(upstream_requests().await, expected);
+}
+
+/// Resilience settings where three failures open a circuit for good (for the test).
+fn circuit_of_three_for_good(r: &mut ResilienceConfig) {
+    r.circuit_failures = 3;
+    r.circuit_open_for = Duration::from_secs(600);
+    r.max_attempts = 1;
+}
+
+/// Every operation is called once through `h`, which has every operation's upstream answer
+/// 200: those on `open` (a host whose circuit is open) fail fast with CIRCUIT_OPEN and send
+/// nothing, every other one succeeds with one request to its host.
+async fn only_the_open_host_fails_fast(h: &Harness, open: Host) {
+    for other in OPERATIONS {
+        let before = Harness::requests(other.store(h)).await.len();
+        let outcome = (other.call)(h.facade.channel.clone(), None, 0).await;
+        let sent = Harness::requests(other.store(h)).await.len() - before;
+        if other.host == open {
+            expect_failure(other, outcome, Code::Unavailable, "CIRCUIT_OPEN");
+            assert_eq!(sent, 0, "{other:?} on the open host {open:?}");
+        } else {
+            outcome.unwrap_or_else(|s| panic!("{other:?} with {open:?} open: {s:?}"));
+            assert_eq!(sent, 1, "{other:?} with {open:?} open");
+        }
     }
 }
 
 #[tokio::test]
 async fn an_open_circuit_on_one_host_leaves_the_other_hosts_alone() {
+    // One operation on two hosts: RenewKey of a purchase key opens the purchase host's circuit,
+    // and RenewKey of a collections key (the table's row) still goes through.
     let h = Harness::builder()
-        .resilience(|r| {
-            r.circuit_failures = 3;
-            r.circuit_open_for = Duration::from_secs(600);
-            r.max_attempts = 1;
-        })
+        .resilience(circuit_of_three_for_good)
         .start()
         .await;
     h.mount_token(3599).await;
     mount_renew_on(&h.purchase, ResponseTemplate::new(503)).await;
-    mount_renew_on(&h.collections, renewed()).await;
-    h.mount_license(license_ok()).await;
+    for op in OPERATIONS {
+        op.mount(&h, op.ok()).await;
+    }
     let channel = &h.facade.channel;
 
     for _ in 0..3 {
         let outcome = renew(channel, purchase_key()).await;
-        expect_failure(outcome, Code::Unavailable, "SERVICE_UNAVAILABLE");
+        expect_failure(
+            "purchase",
+            outcome,
+            Code::Unavailable,
+            "SERVICE_UNAVAILABLE",
+        );
     }
     let outcome = renew(channel, purchase_key()).await;
-    expect_failure(outcome, Code::Unavailable, "CIRCUIT_OPEN");
+    expect_failure("purchase", outcome, Code::Unavailable, "CIRCUIT_OPEN");
     assert_eq!(Harness::requests(&h.purchase).await.len(), 3);
 
-    renew(channel, collections_key()).await.unwrap();
-    get_license(channel, license_request(), None).await.unwrap();
-    assert_eq!(Harness::requests(&h.collections).await.len(), 1);
-    assert_eq!(Harness::requests(&h.business).await.len(), 1);
+    only_the_open_host_fails_fast(&h, Host::Purchase).await;
     let outcome = renew(channel, purchase_key()).await;
-    expect_failure(outcome, Code::Unavailable, "CIRCUIT_OPEN");
+    expect_failure("purchase", outcome, Code::Unavailable, "CIRCUIT_OPEN");
+}
+
+#[tokio::test]
+async fn an_operations_failures_open_its_hosts_circuit_only() {
+    for_every_operation(|op| async move {
+        let h = Harness::builder()
+            .resilience(circuit_of_three_for_good)
+            .start()
+            .await;
+        h.mount_token(3599).await;
+        op.mount(&h, ResponseTemplate::new(503)).await;
+        for other in OPERATIONS.iter().filter(|other| other.host != op.host) {
+            other.mount(&h, other.ok()).await;
+        }
+        for _ in 0..3 {
+            let outcome = (op.call)(h.facade.channel.clone(), None, 0).await;
+            expect_failure(op, outcome, Code::Unavailable, "SERVICE_UNAVAILABLE");
+        }
+        only_the_open_host_fails_fast(&h, op.host).await;
+        assert_eq!(Harness::requests(op.store(&h)).await.len(), 3, "{op:?}");
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,6 +821,7 @@ async fn an_open_circuit_on_one_host_leaves_the_other_hosts_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_calls_against_a_small_limit_are_all_answered_and_the_excess_shed() {
+    // The limit is the facade's, over every operation: the calls take turns over the table.
     const CALLS: usize = 10_000;
     const LIMIT: usize = 8;
     const CHANNELS: usize = 10;
@@ -773,8 +830,10 @@ async fn ten_thousand_calls_against_a_small_limit_are_all_answered_and_the_exces
         .start()
         .await;
     h.mount_token(3599).await;
-    h.mount_license(license_ok().set_delay(Duration::from_millis(100)))
-        .await;
+    for op in OPERATIONS {
+        op.mount(&h, op.ok().set_delay(Duration::from_millis(100)))
+            .await;
+    }
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         let channel = Channel::from_shared(format!("http://{}", h.facade.addr))
@@ -786,12 +845,13 @@ async fn ten_thousand_calls_against_a_small_limit_are_all_answered_and_the_exces
     }
 
     let started = Instant::now();
-    let calls: FuturesUnordered<JoinHandle<LicenseOutcome>> = (0..CALLS)
+    let calls: FuturesUnordered<JoinHandle<(usize, Result<(), Status>)>> = (0..CALLS)
         .map(|i| {
-            let channel = channels[i % CHANNELS].clone();
-            tokio::spawn(
-                async move { get_license(&channel, license(&format!("c-{i}")), None).await },
-            )
+            let row = i % OPERATIONS.len();
+            let channel = channels[(i / OPERATIONS.len()) % CHANNELS].clone();
+            // Distinct requests (variants 1 to CALLS), so that none is coalesced.
+            let call = (OPERATIONS[row].call)(channel, None, 1 + i as u32);
+            tokio::spawn(async move { (row, call.await) })
         })
         .collect();
     let outcomes: Vec<_> = within(
@@ -802,27 +862,47 @@ async fn ten_thousand_calls_against_a_small_limit_are_all_answered_and_the_exces
     .await;
     let elapsed = started.elapsed();
 
-    let (mut ok, mut shed) = (0, 0);
+    let mut answered = vec![0; OPERATIONS.len()];
+    let mut shed = vec![0; OPERATIONS.len()];
     for outcome in outcomes {
         match outcome.expect("call task") {
-            Ok(_) => ok += 1,
-            Err(status) if is_shed(&status) => shed += 1,
-            Err(status) => panic!("neither answered nor shed cleanly: {status:?}"),
+            (row, Ok(())) => answered[row] += 1,
+            (row, Err(status)) if is_shed(&status) => shed[row] += 1,
+            (row, Err(status)) => panic!(
+                "{:?}: neither answered nor shed cleanly: {status:?}",
+                OPERATIONS[row]
+            ),
         }
     }
-    assert_eq!(ok + shed, CALLS);
-    assert!(ok >= LIMIT, "{ok} answered, {shed} shed");
-    assert!(shed > 0, "{ok} answered, {shed} shed");
-    assert_eq!(
-        Harness::requests(&h.business).await.len(),
-        ok,
-        "every answered call made one upstream request, every shed call none"
+    let (ok, shed_total) = (answered.iter().sum::<usize>(), shed.iter().sum::<usize>());
+    assert_eq!(ok + shed_total, CALLS);
+    assert!(ok >= LIMIT, "{ok} answered, {shed_total} shed");
+    assert!(shed_total > 0, "{ok} answered, {shed_total} shed");
+    for (row, op) in OPERATIONS.iter().enumerate() {
+        let (ok, shed) = (answered[row], shed[row]);
+        assert!(ok > 0 && shed > 0, "{op:?}: {ok} answered, {shed} shed");
+    }
+    for host in Host::all() {
+        let answered_here: usize = OPERATIONS
+            .iter()
+            .zip(&answered)
+            .filter(|(op, _)| op.host == host)
+            .map(|(_, ok)| ok)
+            .sum();
+        assert_eq!(
+            Harness::requests(h.store(host)).await.len(),
+            answered_here,
+            "{host:?}: every answered call made one upstream request, every shed call none"
+        );
+    }
+    eprintln!(
+        "{CALLS} calls: {ok} answered ({answered:?}), {shed_total} shed ({shed:?}), in \
+         {elapsed:?}"
     );
-    eprintln!("{CALLS} calls: {ok} answered, {shed} shed, in {elapsed:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
-// Coalescing.
+// Coalescing, of the operations that coalesce ([`Op::coalesces`]).
 //
 // The upstream holds its answers until the test releases them. To know that every call has
 // joined a flight before releasing, the concurrency limit is set to the number of calls that
@@ -833,6 +913,14 @@ async fn ten_thousand_calls_against_a_small_limit_are_all_answered_and_the_exces
 const LIMIT: usize = 100;
 const EXTRA: usize = 20;
 
+/// Runs `check` for every operation that coalesces, at once.
+async fn for_every_coalescing_operation<Fut>(check: impl FnMut(&'static Op) -> Fut)
+where
+    Fut: Future<Output = ()>,
+{
+    for_each_at_once(OPERATIONS.iter().filter(|op| op.coalesces), check).await;
+}
+
 /// Room for LIMIT calls; no timeout can end a held flight while the test waits for sheds.
 fn coalescing_limit(r: &mut ResilienceConfig) {
     r.max_concurrent_calls = LIMIT;
@@ -840,26 +928,19 @@ fn coalescing_limit(r: &mut ResilienceConfig) {
     r.default_deadline = Duration::from_secs(600);
 }
 
-/// Starts every call of `messages` at once, each in its own task.
-fn spawn_calls(
-    channel: &Channel,
-    messages: impl IntoIterator<Item = pb::GetOfflineLicenseRequest>,
-) -> FuturesUnordered<JoinHandle<LicenseOutcome>> {
-    messages
-        .into_iter()
-        .map(|message| {
-            let channel = channel.clone();
-            tokio::spawn(async move { get_license(&channel, message, None).await })
-        })
-        .collect()
+/// Starts every call of `calls` at once, each in its own task.
+fn spawn_calls<T: Send + 'static>(
+    calls: impl IntoIterator<Item = futures_util::future::BoxFuture<'static, Result<T, Status>>>,
+) -> FuturesUnordered<JoinHandle<Result<T, Status>>> {
+    calls.into_iter().map(tokio::spawn).collect()
 }
 
 /// Waits for EXTRA of `calls` to be shed, releases the upstream, and returns the answers of
 /// the other calls.
-async fn answers_after_shedding_the_extra(
+async fn answers_after_shedding_the_extra<T: std::fmt::Debug>(
     upstream: &RawUpstream,
-    mut calls: FuturesUnordered<JoinHandle<LicenseOutcome>>,
-) -> Vec<pb::OfflineLicense> {
+    mut calls: FuturesUnordered<JoinHandle<Result<T, Status>>>,
+) -> Vec<T> {
     for _ in 0..EXTRA {
         let outcome = within(Duration::from_secs(60), "a call shed", calls.next())
             .await
@@ -884,59 +965,68 @@ async fn answers_after_shedding_the_extra(
 
 #[tokio::test]
 async fn identical_concurrent_calls_share_one_upstream_request() {
-    let upstream = RawUpstream::start(Behaviour::LicenseOnceReleased).await;
-    let (_token, facade) = facade_at(&upstream.base(), coalescing_limit).await;
+    for_every_coalescing_operation(|op| async move {
+        let upstream = RawUpstream::start(op, Behaviour::AnswerOnceReleased).await;
+        let (_token, facade) = facade_at(&upstream.base(), coalescing_limit).await;
 
-    let calls = spawn_calls(
-        &facade.channel,
-        (0..LIMIT + EXTRA).map(|_| license_request()),
-    );
-    let answers = answers_after_shedding_the_extra(&upstream, calls).await;
-    assert_eq!(answers.len(), LIMIT);
-    for answer in &answers {
-        assert_eq!(answer, &answers[0]);
-    }
-    assert_eq!(answers[0].license_blob, license_body()["licenseBlob"]);
-    assert_eq!(upstream.heads().len(), 1, "{:#?}", upstream.heads());
+        let calls =
+            spawn_calls((0..LIMIT + EXTRA).map(|_| (op.answer)(facade.channel.clone(), None, 0)));
+        let answers = answers_after_shedding_the_extra(&upstream, calls).await;
+        assert_eq!(answers.len(), LIMIT, "{op:?}");
+        for answer in &answers {
+            assert_eq!(answer, &answers[0], "{op:?}");
+        }
+        assert_eq!(answers[0].echoed, (op.echoed)(&upstream.body), "{op:?}");
+        assert_eq!(upstream.heads().len(), 1, "{op:?}: {:#?}", upstream.heads());
 
-    // Nothing is cached: a call after the flight landed makes a new request.
-    get_license(&facade.channel, license_request(), None)
-        .await
-        .unwrap();
-    assert_eq!(upstream.heads().len(), 2);
+        // Nothing is cached: a call after the flight landed makes a new request.
+        (op.call)(facade.channel.clone(), None, 0)
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        assert_eq!(upstream.heads().len(), 2, "{op:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn identical_calls_for_different_tenants_are_not_shared() {
     const OTHER: &str = "a.onmicrosoft.com";
-    let upstream = RawUpstream::start(Behaviour::LicenseOnceReleased).await;
-    let (token, facade) = facade_at(&upstream.base(), coalescing_limit).await;
+    for_every_coalescing_operation(|op| async move {
+        let Some(call_for_tenant) = op.call_for_tenant else {
+            return;
+        };
+        let upstream = RawUpstream::start(op, Behaviour::AnswerOnceReleased).await;
+        let (token, facade) = facade_at(&upstream.base(), coalescing_limit).await;
 
-    // Half of the first LIMIT name the other tenant, the rest the default one: at most EXTRA
-    // of either are shed, so both tenants have calls inside the limit.
-    let messages = (0..LIMIT + EXTRA).map(|i| pb::GetOfflineLicenseRequest {
-        tenant_id: if i % 2 == 0 && i < LIMIT {
-            OTHER.into()
-        } else {
-            String::new()
-        },
-        ..license_request()
-    });
-    let calls = spawn_calls(&facade.channel, messages);
-    let answers = answers_after_shedding_the_extra(&upstream, calls).await;
-    assert_eq!(answers.len(), LIMIT);
+        // Half of the first LIMIT name the other tenant, the rest the default one: at most
+        // EXTRA of either are shed, so both tenants have calls inside the limit.
+        let calls = spawn_calls((0..LIMIT + EXTRA).map(|i| {
+            if i % 2 == 0 && i < LIMIT {
+                call_for_tenant(facade.channel.clone(), OTHER)
+            } else {
+                (op.call)(facade.channel.clone(), None, 0)
+            }
+        }));
+        let answers = answers_after_shedding_the_extra(&upstream, calls).await;
+        assert_eq!(answers.len(), LIMIT, "{op:?}");
 
-    let heads = upstream.heads();
-    assert_eq!(heads.len(), 2, "one request per tenant: {heads:#?}");
-    let bearer = |head: &String| header(head, "authorization").map(str::to_owned);
-    assert_ne!(bearer(&heads[0]), bearer(&heads[1]), "one token per tenant");
-    let mut tenants: Vec<String> = token
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.url.path().split('/').nth(1).unwrap().to_owned())
-        .collect();
-    tenants.sort();
-    assert_eq!(tenants, [OTHER, TENANT]);
+        let heads = upstream.heads();
+        assert_eq!(heads.len(), 2, "{op:?}: one request per tenant: {heads:#?}");
+        let bearer = |head: &String| header(head, "authorization").map(str::to_owned);
+        assert_ne!(
+            bearer(&heads[0]),
+            bearer(&heads[1]),
+            "{op:?}: one token per tenant"
+        );
+        let mut tenants: Vec<String> = token
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.url.path().split('/').nth(1).unwrap().to_owned())
+            .collect();
+        tenants.sort();
+        assert_eq!(tenants, [OTHER, TENANT], "{op:?}");
+    })
+    .await;
 }

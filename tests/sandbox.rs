@@ -1,7 +1,8 @@
-//! The facade in front of the sandbox emulator, end to end: both RPCs succeed with the sandbox
-//! credentials, the emulator's real checks come back as the contract's statuses, and every
-//! magic id gives the gRPC status the contract names. Then the binary itself: `--sandbox`
-//! (and `MSSTORE_SANDBOX=1`) with no other configuration, `emulator` alone, `sandbox-key`.
+//! The facade in front of the sandbox emulator, end to end: every operation of
+//! [`OPERATIONS`] succeeds with the sandbox credentials, the emulator's real checks come back as
+//! the contract's statuses, and every magic id gives the gRPC status the contract names through
+//! every operation. Then the binary itself: `--sandbox` (and `MSSTORE_SANDBOX=1`) with no other
+//! configuration, `emulator` alone, `sandbox-key`.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
+use futures_util::FutureExt;
 use msstore_facade::emulator::{
     magic, RunningEmulator, StoreKeySpec, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET,
 };
@@ -22,14 +24,6 @@ use tonic::{Code, Status};
 
 /// `ErrorInfo.domain` of errors the emulator answered: its host, without the port.
 const EMULATOR_DOMAIN: &str = "127.0.0.1";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rpc {
-    GetOfflineLicense,
-    RenewKey,
-}
-
-const BOTH: [Rpc; 2] = [Rpc::GetOfflineLicense, Rpc::RenewKey];
 
 /// What the contract says a failing call must carry.
 #[derive(Debug)]
@@ -71,16 +65,13 @@ fn facade_own(code: Code, reason: &'static str) -> Option<Expected> {
     })
 }
 
-/// The contract's status for each documented magic id (`None`: the call succeeds). A magic id
-/// without an expectation fails the test, so a new one cannot go untested.
-fn expected(magic: &str, rpc: Rpc) -> Option<Expected> {
+/// The contract's status for each documented magic id through `op` (`None`: the call
+/// succeeds). A magic id without an expectation fails the test, so a new one cannot go untested.
+fn expected(magic: &str, op: &Op) -> Option<Expected> {
     let second = Duration::from_secs(1);
     match magic {
         "MAGIC-400" => Some(Expected {
-            field: Some(match rpc {
-                Rpc::GetOfflineLicense => "product_id",
-                Rpc::RenewKey => "key",
-            }),
+            field: Some(op.magic_400_field),
             ..store(Code::InvalidArgument, "INVALID_PARAMETER")?
         }),
         "MAGIC-401-AUTHENTICATION-TOKEN-INVALID" => {
@@ -95,8 +86,7 @@ fn expected(magic: &str, rpc: Rpc) -> Option<Expected> {
         "MAGIC-403" => store(Code::PermissionDenied, "FORBIDDEN"),
         "MAGIC-404" => store(Code::NotFound, "NOT_FOUND"),
         "MAGIC-408" => retried(store(Code::Unavailable, "REQUEST_TIMEOUT"), second),
-        "MAGIC-409" if rpc == Rpc::GetOfflineLicense => store(Code::FailedPrecondition, "CONFLICT"),
-        "MAGIC-409" => store(Code::Aborted, "CONFLICT"),
+        "MAGIC-409" => store(op.conflict, "CONFLICT"),
         "MAGIC-412" => store(Code::FailedPrecondition, "PRECONDITION_FAILED"),
         "MAGIC-429" => retried(
             store(Code::ResourceExhausted, "TOO_MANY_REQUESTS"),
@@ -119,23 +109,6 @@ fn expected(magic: &str, rpc: Rpc) -> Option<Expected> {
     }
 }
 
-/// A `GetOfflineLicense` for `product_id` (and `tenant_id`, empty for the default).
-fn license_for(product_id: &str, tenant_id: &str) -> pb::GetOfflineLicenseRequest {
-    pb::GetOfflineLicenseRequest {
-        product_id: product_id.into(),
-        tenant_id: tenant_id.into(),
-        ..license_request()
-    }
-}
-
-/// A `RenewKey` of a collections key whose payload claim is `payload`.
-fn renew_for(payload: &str) -> pb::RenewKeyRequest {
-    pb::RenewKeyRequest {
-        key: StoreKeySpec::new(Host::Collections).payload(payload).mint(),
-        ..Default::default()
-    }
-}
-
 /// `RenewKey` of `key` with `service_ticket` (empty: the facade's own token).
 async fn renew_key(
     channel: &Channel,
@@ -154,41 +127,19 @@ async fn renew_key(
         .map(tonic::Response::into_inner)
 }
 
-fn with_timeout<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    request
-}
-
-/// Calls `rpc` with `magic` through `channel`.
-async fn call(
-    channel: &Channel,
-    rpc: Rpc,
-    magic: &str,
-    timeout: Option<Duration>,
-) -> Result<(), Status> {
-    match rpc {
-        Rpc::GetOfflineLicense => StoreEntitlementsClient::new(channel.clone())
-            .get_offline_license(with_timeout(license_for(magic, ""), timeout))
-            .await
-            .map(drop),
-        Rpc::RenewKey => StoreKeysClient::new(channel.clone())
-            .renew_key(with_timeout(renew_for(magic), timeout))
-            .await
-            .map(drop),
-    }
-}
-
-/// Calls `rpc` with `magic` through a facade of its own (so that no circuit breaker or retry
+/// Calls `op` with `magic` through a facade of its own (so that no circuit breaker or retry
 /// budget is shared between cases) and returns what does not match `expected`.
-async fn check_magic(emulator: &RunningEmulator, rpc: Rpc, magic: &'static str) -> Option<String> {
+async fn check_magic(
+    emulator: &RunningEmulator,
+    op: &'static Op,
+    magic: &'static str,
+) -> Option<String> {
     let facade = Facade::start(sandbox_settings(emulator)).await;
     // Well inside the contract's 30 s Retry-After of MAGIC-429, so it is not waited out.
-    let outcome = call(&facade.channel, rpc, magic, Some(Duration::from_secs(20))).await;
-    let case = format!("{rpc:?} {magic}");
-    match (expected(magic, rpc), outcome) {
+    let timeout = Some(Duration::from_secs(20));
+    let outcome = (op.sandbox_call)(facade.channel.clone(), Some(magic), timeout).await;
+    let case = format!("{op:?} {magic}");
+    match (expected(magic, op), outcome) {
         (None, Ok(())) => None,
         (None, Err(status)) => Some(format!("{case}: expected success, got {status:?}")),
         (Some(want), Ok(())) => Some(format!("{case}: expected {want:?}, got success")),
@@ -225,12 +176,12 @@ fn mismatch(case: &str, want: &Expected, status: &Status) -> Option<String> {
 }
 
 #[tokio::test]
-async fn every_magic_id_gives_the_contracts_status_through_both_rpcs() {
+async fn every_magic_id_gives_the_contracts_status_through_every_operation() {
     let emulator = start_emulator().await;
     let cases = magic::DOCUMENTED
         .iter()
-        .flat_map(|id| BOTH.map(|rpc| (rpc, *id)));
-    let failures: Vec<String> = join_all(cases.map(|(rpc, id)| check_magic(&emulator, rpc, id)))
+        .flat_map(|id| OPERATIONS.iter().map(move |op| (op, *id)));
+    let failures: Vec<String> = join_all(cases.map(|(op, id)| check_magic(&emulator, op, id)))
         .await
         .into_iter()
         .flatten()
@@ -238,21 +189,23 @@ async fn every_magic_id_gives_the_contracts_status_through_both_rpcs() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// Every call of both RPCs through `settings` with `magic` fails with `code` and `reason`.
-async fn both_fail(
+/// A call of every operation through `settings` with `magic`, all at once, fails with `code`
+/// and `reason`.
+async fn every_operation_fails(
     settings: msstore_facade::Settings,
-    magic: &str,
+    magic: &'static str,
     timeout: Option<Duration>,
     code: Code,
     reason: &str,
 ) {
     let facade = Facade::start(settings).await;
-    for rpc in BOTH {
-        let status = call(&facade.channel, rpc, magic, timeout)
-            .await
-            .expect_err("the emulator answers too late");
-        assert_eq!(status.code(), code, "{rpc:?}: {status:?}");
-        assert_eq!(error_info(&status).reason, reason, "{rpc:?}");
+    let calls = OPERATIONS.iter().map(|op| {
+        (op.sandbox_call)(facade.channel.clone(), Some(magic), timeout).map(move |o| (op, o))
+    });
+    for (op, outcome) in join_all(calls).await {
+        let status = outcome.expect_err("the emulator answers too late");
+        assert_eq!(status.code(), code, "{op:?}: {status:?}");
+        assert_eq!(error_info(&status).reason, reason, "{op:?}");
     }
 }
 
@@ -262,7 +215,7 @@ async fn magic_slow_past_the_callers_deadline_is_deadline_exceeded() {
     let deadline = Some(Duration::from_millis(800));
     let settings = sandbox_settings(&emulator);
     let (code, reason) = (Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
-    both_fail(settings, "MAGIC-SLOW-10000", deadline, code, reason).await;
+    every_operation_fails(settings, "MAGIC-SLOW-10000", deadline, code, reason).await;
 }
 
 #[tokio::test]
@@ -271,14 +224,12 @@ async fn magic_slow_past_the_attempt_timeout_is_unavailable_upstream_timeout() {
     let mut settings = sandbox_settings(&emulator);
     settings.resilience.upstream_timeout = Duration::from_millis(300);
     let (code, reason) = (Code::Unavailable, "UPSTREAM_TIMEOUT");
-    both_fail(settings, "MAGIC-SLOW-5000", None, code, reason).await;
+    every_operation_fails(settings, "MAGIC-SLOW-5000", None, code, reason).await;
 }
 
 #[tokio::test]
 async fn token_endpoint_failures_map_to_the_token_rows_and_never_show_the_secret() {
     let emulator = start_emulator().await;
-    let facade = Facade::start(sandbox_settings(&emulator)).await;
-    let mut client = StoreEntitlementsClient::new(facade.channel.clone());
     let cases = [
         (
             "magic-503.onmicrosoft.com",
@@ -293,43 +244,58 @@ async fn token_endpoint_failures_map_to_the_token_rows_and_never_show_the_secret
             Some("AADSTS90002"),
         ),
     ];
-    for (tenant, code, reason, entra_code) in cases {
-        let status = client
-            .get_offline_license(license_for("9NBLGGH4R2R6", tenant))
-            .await
-            .expect_err("the token endpoint refuses");
-        assert_eq!(status.code(), code, "{tenant}: {status:?}");
-        let info = error_info(&status);
-        assert_eq!(info.reason, reason, "{tenant}");
-        assert_eq!(
-            info.metadata.get("entra_error_code").map(String::as_str),
-            entra_code
-        );
+    // Through every operation whose request names a tenant, each on a facade of its own.
+    for op in OPERATIONS {
+        let Some(call_for_tenant) = op.call_for_tenant else {
+            continue;
+        };
+        let facade = Facade::start(sandbox_settings(&emulator)).await;
+        for (tenant, code, reason, entra_code) in cases {
+            let status = call_for_tenant(facade.channel.clone(), tenant)
+                .await
+                .expect_err("the token endpoint refuses");
+            assert_eq!(status.code(), code, "{op:?} {tenant}: {status:?}");
+            let info = error_info(&status);
+            assert_eq!(info.reason, reason, "{op:?} {tenant}");
+            assert_eq!(
+                info.metadata.get("entra_error_code").map(String::as_str),
+                entra_code,
+                "{op:?} {tenant}"
+            );
+        }
     }
 
+    // Through every operation, each on a facade of its own (nothing remembered between them).
     let wrong = "wrong-sandbox-secret-never-shown";
-    let mut settings = sandbox_settings(&emulator);
-    if let Some(credentials) = settings.credentials.as_mut() {
-        credentials.source =
-            msstore_facade::auth::CredentialSource::ClientSecret(wrong.to_owned().into());
+    for op in OPERATIONS {
+        let mut settings = sandbox_settings(&emulator);
+        if let Some(credentials) = settings.credentials.as_mut() {
+            credentials.source =
+                msstore_facade::auth::CredentialSource::ClientSecret(wrong.to_owned().into());
+        }
+        let facade = Facade::start(settings).await;
+        let status = (op.sandbox_call)(facade.channel.clone(), None, None)
+            .await
+            .expect_err("the secret is wrong");
+        assert_eq!(status.code(), Code::Internal, "{op:?}: {status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, "TOKEN_REQUEST_REJECTED", "{op:?}");
+        assert_eq!(info.metadata["entra_error_code"], "AADSTS7000215", "{op:?}");
+        assert!(!format!("{status:?}").contains(wrong), "{op:?}");
     }
-    let facade = Facade::start(settings).await;
-    let status = StoreEntitlementsClient::new(facade.channel.clone())
-        .get_offline_license(license_request())
-        .await
-        .expect_err("the secret is wrong");
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
-    let info = error_info(&status);
-    assert_eq!(info.reason, "TOKEN_REQUEST_REJECTED");
-    assert_eq!(info.metadata["entra_error_code"], "AADSTS7000215");
-    assert!(!format!("{status:?}").contains(wrong));
 }
 
 #[tokio::test]
-async fn facade_in_front_of_the_emulator_serves_both_rpcs() {
+async fn facade_in_front_of_the_emulator_serves_every_operation() {
     let emulator = start_emulator().await;
     let facade = Facade::start(sandbox_settings(&emulator)).await;
+    for op in OPERATIONS {
+        (op.sandbox_call)(facade.channel.clone(), None, None)
+            .await
+            .unwrap_or_else(|status| panic!("{op:?}: {status:?}"));
+    }
 
+    // What the seed operations answer.
     let answer = StoreEntitlementsClient::new(facade.channel.clone())
         .get_offline_license(license_request())
         .await
@@ -427,7 +393,7 @@ fn sandbox_key(args: &[&str]) -> String {
 }
 
 #[tokio::test]
-async fn sandbox_binary_answers_both_rpcs_with_no_configuration_and_exits_zero_on_sigterm() {
+async fn sandbox_binary_answers_every_operation_with_no_configuration_and_exits_zero_on_sigterm() {
     use tonic_health::pb::health_check_response::ServingStatus;
     // TRACE, so that every crate's logging is searched for secrets below.
     let args = ["--sandbox", "--grpc-addr", "127.0.0.1:0"];
@@ -435,6 +401,11 @@ async fn sandbox_binary_answers_both_rpcs_with_no_configuration_and_exits_zero_o
     let addr = process.wait_for("grpc_addr=");
     let channel = channel_to(&addr).await;
     assert_eq!(health(&channel).await, ServingStatus::Serving);
+    for op in OPERATIONS {
+        (op.sandbox_call)(channel.clone(), None, None)
+            .await
+            .unwrap_or_else(|status| panic!("{op:?} through the binary: {status:?}"));
+    }
 
     let license = StoreEntitlementsClient::new(channel.clone())
         .get_offline_license(license_request())

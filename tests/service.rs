@@ -1,5 +1,5 @@
-//! The server around the two services: health, reflection, graceful shutdown, and the binary's
-//! configuration handling and signals.
+//! The server around the Store services: health and reflection of every service and method of
+//! [`OPERATIONS`], graceful shutdown, and the binary's configuration handling and signals.
 
 mod common;
 
@@ -7,24 +7,24 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::{v1, v1alpha};
 use wiremock::ResponseTemplate;
 
-const SERVICES: [&str; 3] = ["", "msstore.v1.StoreEntitlements", "msstore.v1.StoreKeys"];
-
 #[tokio::test]
-async fn health_reports_serving_for_the_server_and_both_services() {
+async fn health_reports_serving_for_the_server_and_every_service() {
     let h = Harness::start().await;
     let mut health = HealthClient::new(h.facade.channel.clone());
-    for service in SERVICES {
+    for service in std::iter::once("").chain(services()) {
         let response = health
             .check(HealthCheckRequest {
                 service: service.into(),
             })
             .await
-            .unwrap()
+            .unwrap_or_else(|status| panic!("{service:?}: {status:?}"))
             .into_inner();
         assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
     }
@@ -37,65 +37,137 @@ async fn health_reports_serving_for_the_server_and_both_services() {
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 }
 
-#[tokio::test]
-async fn reflection_v1_and_v1alpha_list_every_service() {
-    use tonic_reflection::pb::{v1, v1alpha};
-    let h = Harness::start().await;
-    let expected = [
-        "grpc.health.v1.Health",
-        "msstore.v1.StoreEntitlements",
-        "msstore.v1.StoreKeys",
-    ];
+/// A reflection protocol version the facade serves.
+#[derive(Debug, Clone, Copy)]
+enum Reflection {
+    V1,
+    V1Alpha,
+}
 
-    let mut client =
-        v1::server_reflection_client::ServerReflectionClient::new(h.facade.channel.clone());
+/// Asks `channel`'s reflection service `request` in `version`, and returns the answer.
+/// `v1alpha` is the same protocol as `v1` under another package: its messages are encoded
+/// identically, so they are transcoded to and from the `v1` types.
+async fn reflect(
+    channel: &Channel,
+    version: Reflection,
+    request: v1::server_reflection_request::MessageRequest,
+) -> v1::server_reflection_response::MessageResponse {
+    use prost::Message;
+    let what = format!("{version:?} {request:?}");
     let request = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
+        message_request: Some(request),
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream_once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = stream.message().await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        answer.message_response
-    else {
-        panic!("unexpected answer {answer:?}");
+    let answer = match version {
+        Reflection::V1 => {
+            let mut client =
+                v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+            first_answer(
+                &what,
+                client.server_reflection_info(tokio_stream_once(request)),
+            )
+            .await
+        }
+        Reflection::V1Alpha => {
+            let request = v1alpha::ServerReflectionRequest::decode(&*request.encode_to_vec())
+                .expect("v1 and v1alpha are wire-compatible");
+            let mut client =
+                v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+            first_answer(
+                &what,
+                client.server_reflection_info(tokio_stream_once(request)),
+            )
+            .await
+            .map(|answer| {
+                v1::ServerReflectionResponse::decode(&*answer.encode_to_vec())
+                    .expect("v1 and v1alpha are wire-compatible")
+            })
+        }
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for name in expected {
-        assert!(
-            names.iter().any(|n| n == name),
-            "v1 lacks {name}: {names:?}"
-        );
-    }
+    answer
+        .and_then(|answer| answer.message_response)
+        .unwrap_or_else(|| panic!("{what}: no answer"))
+}
 
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(h.facade.channel.clone());
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "msstore.v1.StoreKeys".into(),
-            ),
-        ),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream_once(request))
+/// The first message of a server-streaming answer (of `what`).
+async fn first_answer<T>(
+    what: &str,
+    answers: impl std::future::Future<
+        Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+    >,
+) -> Option<T> {
+    answers
         .await
-        .unwrap()
-        .into_inner();
-    let answer = stream.message().await.unwrap().unwrap();
-    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
-        answer.message_response
-    else {
-        panic!("unexpected answer {answer:?}");
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
+        .unwrap_or_else(|status| panic!("{what}: {status:?}"))
+        .into_inner()
+        .message()
+        .await
+        .unwrap_or_else(|status| panic!("{what}: {status:?}"))
+}
+
+/// The file descriptors `version` answers for `symbol`.
+async fn files_containing(
+    channel: &Channel,
+    version: Reflection,
+    symbol: &str,
+) -> Vec<prost_types::FileDescriptorProto> {
+    use prost::Message;
+    use v1::server_reflection_request::MessageRequest;
+    use v1::server_reflection_response::MessageResponse;
+    let request = MessageRequest::FileContainingSymbol(symbol.into());
+    match reflect(channel, version, request).await {
+        MessageResponse::FileDescriptorResponse(files) => files
+            .file_descriptor_proto
+            .iter()
+            .map(|file| prost_types::FileDescriptorProto::decode(&file[..]).unwrap())
+            .collect(),
+        other => panic!("{version:?} {symbol}: unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_every_service_and_resolve_every_method() {
+    use v1::server_reflection_request::MessageRequest;
+    use v1::server_reflection_response::MessageResponse;
+    let h = Harness::start().await;
+    let channel = &h.facade.channel;
+    let mut expected = vec!["grpc.health.v1.Health"];
+    expected.extend(services());
+
+    for version in [Reflection::V1, Reflection::V1Alpha] {
+        let list = MessageRequest::ListServices(String::new());
+        let MessageResponse::ListServicesResponse(list) = reflect(channel, version, list).await
+        else {
+            panic!("{version:?}: not a service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for name in &expected {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{version:?} lacks {name}: {names:?}"
+            );
+        }
+
+        for service in services() {
+            let files = files_containing(channel, version, service).await;
+            assert!(!files.is_empty(), "{version:?}: no file for {service}");
+        }
+        // Every method resolves, to a file that declares it in its service.
+        for op in OPERATIONS {
+            let symbol = format!("{}.{}", op.service, op.method);
+            let files = files_containing(channel, version, &symbol).await;
+            let declared = files.iter().any(|file| {
+                file.service.iter().any(|service| {
+                    format!("{}.{}", file.package(), service.name()) == op.service
+                        && service.method.iter().any(|m| m.name() == op.method)
+                })
+            });
+            assert!(
+                declared,
+                "{version:?}: {symbol} is not declared in {files:#?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -32,6 +32,30 @@ use super::COLLECTIONS_AUD;
 /// A call's outcome, its answer dropped.
 pub type Called = BoxFuture<'static, Result<(), Status>>;
 
+/// A call's outcome with its answer.
+pub type Answered = BoxFuture<'static, Result<Answer, Status>>;
+
+/// A successful call's answer, as the all-operations suites compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The response message, protobuf-encoded: equal answers encode equally.
+    pub encoded: Vec<u8>,
+    /// What the answer carries as is from the upstream's 2xx body (see [`Op::echoed`]).
+    pub echoed: String,
+}
+
+impl Answer {
+    fn of<M: prost::Message>(message: &M, echoed: &str) -> Self {
+        Self {
+            encoded: message.encode_to_vec(),
+            echoed: echoed.to_owned(),
+        }
+    }
+}
+
+/// The transient upstream statuses (contract, section 5).
+pub const TRANSIENT_STATUSES: [u16; 4] = [408, 502, 503, 504];
+
 /// One Store operation, as the tests see it.
 #[derive(Clone, Copy)]
 pub struct Op {
@@ -49,22 +73,45 @@ pub struct Op {
     pub errors: &'static ErrorMapping,
     /// Contract: the gRPC code of an upstream 409 on this operation.
     pub conflict: Code,
-    /// Contract: an upstream parameter name of this operation and the proto field a 400 naming
-    /// it carries in BadRequest.
-    pub named_field: (&'static str, &'static str),
+    /// Contract: every upstream parameter name of this operation with the proto field a 400
+    /// naming it carries in BadRequest (the first is [`Op::named_field`]).
+    pub named_fields: &'static [(&'static str, &'static str)],
+    /// 2xx answers that are not what the operation expects, each with a name and the HTTP
+    /// status it is sent with: each must map to `UPSTREAM_MALFORMED_RESPONSE`.
+    pub malformed: fn() -> Vec<(&'static str, ResponseTemplate, u16)>,
     /// Contract: the BadRequest field of the emulator's `MAGIC-400` answer on this operation.
     pub magic_400_field: &'static str,
     /// A well-formed 2xx upstream answer.
     pub ok_body: fn() -> Value,
+    /// Contract: what of a 2xx body (as [`Op::ok_body`] makes it) the answer carries as is.
+    pub echoed: fn(&Value) -> String,
+    /// Contract: the transient upstream statuses (of [`TRANSIENT_STATUSES`]) after which a
+    /// call is retried; an operation that is not idempotent is retried after fewer (section 7).
+    pub retried: &'static [u16],
+    /// README, "Coalescing": whether identical concurrent calls share one upstream request.
+    pub coalesces: bool,
     /// Calls the operation with a valid request made with the facade's own token, with an
     /// optional deadline; `variant` makes requests distinct (so they are never coalesced).
     pub call: fn(Channel, Option<Duration>, u32) -> Called,
+    /// Makes the call [`Op::call`] makes and returns its answer.
+    pub answer: fn(Channel, Option<Duration>, u32) -> Answered,
+    /// Makes the call [`Op::call`] makes with variant 0, for the Entra tenant `tenant` the
+    /// caller names; `None` when the operation's request names no tenant.
+    pub call_for_tenant: Option<fn(Channel, &'static str) -> Called>,
+    /// Calls the operation with a request that fails local validation (INVALID_ARGUMENT
+    /// before any upstream call): a required field left empty, where the request has one.
+    pub call_invalid: fn(Channel) -> Called,
     /// Calls the operation against the sandbox emulator with `magic` where the emulator
     /// reads magic ids for this operation (`None`: a call that succeeds).
     pub sandbox_call: fn(Channel, Option<&'static str>, Option<Duration>) -> Called,
 }
 
 impl Op {
+    /// The first of [`Op::named_fields`].
+    pub fn named_field(&self) -> (&'static str, &'static str) {
+        self.named_fields[0]
+    }
+
     /// `service/method`.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.service, self.method)
@@ -82,6 +129,23 @@ impl Op {
             .respond_with(template)
             .mount(self.store(harness))
             .await;
+    }
+
+    /// The operation's upstream answers its next request with `template`, before any other
+    /// mock.
+    pub async fn mount_once(&self, harness: &Harness, template: ResponseTemplate) {
+        Mock::given(method(self.http_method))
+            .and(path_regex(self.upstream_path))
+            .respond_with(template)
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(self.store(harness))
+            .await;
+    }
+
+    /// A 200 carrying [`Op::ok_body`].
+    pub fn ok(&self) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json((self.ok_body)())
     }
 
     /// Calls the operation, which must fail.
@@ -102,6 +166,26 @@ impl std::fmt::Debug for Op {
 /// Every operation the facade serves.
 pub const OPERATIONS: &[Op] = &[GET_OFFLINE_LICENSE, RENEW_KEY];
 
+/// Runs `check` for every operation of `ops` at once (in the calling task) and waits for all
+/// of them. A check that starts upstreams and a facade of its own shares no circuit, retry
+/// budget or request count with the others, even with an operation on the same host.
+pub async fn for_each_at_once<Fut>(
+    ops: impl IntoIterator<Item = &'static Op>,
+    check: impl FnMut(&'static Op) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
+    futures_util::future::join_all(ops.into_iter().map(check)).await;
+}
+
+/// [`for_each_at_once`] over every operation of [`OPERATIONS`].
+pub async fn for_every_operation<Fut>(check: impl FnMut(&'static Op) -> Fut)
+where
+    Fut: std::future::Future<Output = ()>,
+{
+    for_each_at_once(OPERATIONS, check).await;
+}
+
 /// The distinct gRPC services of [`OPERATIONS`], in table order.
 pub fn services() -> Vec<&'static str> {
     let mut services: Vec<&'static str> = Vec::new();
@@ -121,6 +205,37 @@ fn request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
     request
 }
 
+fn answer_dropped(answered: Answered) -> Called {
+    answered.map(|outcome| outcome.map(drop)).boxed()
+}
+
+/// The request [`GET_OFFLINE_LICENSE`] makes of `variant`.
+fn license_variant(variant: u32) -> pb::GetOfflineLicenseRequest {
+    pb::GetOfflineLicenseRequest {
+        content_id: if variant == 0 {
+            license_request().content_id
+        } else {
+            format!("variant-{variant}")
+        },
+        ..license_request()
+    }
+}
+
+fn get_offline_license(
+    channel: Channel,
+    message: pb::GetOfflineLicenseRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let license = StoreEntitlementsClient::new(channel)
+            .get_offline_license(request(message, timeout))
+            .await?
+            .into_inner();
+        Ok(Answer::of(&license, &license.license_blob))
+    }
+    .boxed()
+}
+
 /// `StoreEntitlements/GetOfflineLicense`.
 pub const GET_OFFLINE_LICENSE: Op = Op {
     service: "msstore.v1.StoreEntitlements",
@@ -130,44 +245,104 @@ pub const GET_OFFLINE_LICENSE: Op = Op {
     upstream_path: r"^/V1/Products/[^/]+/[^/]+/OfflineLicense/[^/]+$",
     errors: <ops::GetOfflineLicense as Operation>::ERRORS,
     conflict: Code::FailedPrecondition,
-    named_field: ("skuId", "sku_id"),
+    named_fields: &[
+        ("skuId", "sku_id"),
+        ("productId", "product_id"),
+        ("contentId", "content_id"),
+    ],
+    malformed: || {
+        vec![
+            (
+                "not JSON",
+                ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+                200,
+            ),
+            ("empty", ResponseTemplate::new(200), 200),
+            (
+                "JSON without licenseBlob",
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "productKey": {"productId": "9NBLGGH4R2R6", "skuId": "0016"},
+                    "contentId": "c-1"
+                })),
+                200,
+            ),
+            (
+                "licenseBlob not a string",
+                ResponseTemplate::new(201).set_body_json(json!({"licenseBlob": 42})),
+                201,
+            ),
+        ]
+    },
     magic_400_field: "product_id",
     ok_body: license_body,
-    call: |channel, timeout, variant| {
-        let message = pb::GetOfflineLicenseRequest {
-            content_id: if variant == 0 {
-                license_request().content_id
-            } else {
-                format!("c-{variant}")
-            },
-            ..license_request()
-        };
-        async move {
-            StoreEntitlementsClient::new(channel)
-                .get_offline_license(request(message, timeout))
-                .await
-                .map(drop)
-        }
-        .boxed()
+    echoed: |body| {
+        body["licenseBlob"]
+            .as_str()
+            .expect("a license blob")
+            .to_owned()
     },
+    retried: &TRANSIENT_STATUSES,
+    coalesces: true,
+    call: |channel, timeout, variant| {
+        answer_dropped(get_offline_license(
+            channel,
+            license_variant(variant),
+            timeout,
+        ))
+    },
+    answer: |channel, timeout, variant| {
+        get_offline_license(channel, license_variant(variant), timeout)
+    },
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::GetOfflineLicenseRequest {
+            tenant_id: tenant.to_owned(),
+            ..license_variant(0)
+        };
+        answer_dropped(get_offline_license(channel, message, None))
+    }),
+    // Contract, section 1: every id is required.
+    call_invalid: |channel| answer_dropped(get_offline_license(channel, Default::default(), None)),
     sandbox_call: |channel, magic, timeout| {
         let message = pb::GetOfflineLicenseRequest {
             product_id: magic.unwrap_or("9NBLGGH4R2R6").to_owned(),
             ..license_request()
         };
-        async move {
-            StoreEntitlementsClient::new(channel)
-                .get_offline_license(request(message, timeout))
-                .await
-                .map(drop)
-        }
-        .boxed()
+        answer_dropped(get_offline_license(channel, message, timeout))
     },
 };
 
 /// A live collections key (renewed on the collections host).
 pub fn collections_key() -> String {
     store_key(COLLECTIONS_AUD, now() - 3600, now() + 29 * 24 * 3600)
+}
+
+/// The request [`RENEW_KEY`] makes of `variant`: a live collections key, issued `variant`
+/// seconds earlier than variant 0.
+fn renew_variant(variant: u32) -> pb::RenewKeyRequest {
+    pb::RenewKeyRequest {
+        key: store_key(
+            COLLECTIONS_AUD,
+            now() - 3600 - i64::from(variant),
+            now() + 29 * 24 * 3600,
+        ),
+        key_type: pb::KeyType::Unspecified as i32,
+        service_ticket: String::new(),
+    }
+}
+
+fn renew_key(
+    channel: Channel,
+    message: pb::RenewKeyRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let renewed = StoreKeysClient::new(channel)
+            .renew_key(request(message, timeout))
+            .await?
+            .into_inner();
+        Ok(Answer::of(&renewed, &renewed.key))
+    }
+    .boxed()
 }
 
 /// `StoreKeys/RenewKey`, of a collections key, with the facade's own token.
@@ -179,27 +354,44 @@ pub const RENEW_KEY: Op = Op {
     upstream_path: r"^/v6\.0/b2b/keys/renew$",
     errors: <ops::RenewKey as Operation>::ERRORS,
     conflict: Code::Aborted,
-    named_field: ("serviceTicket", "service_ticket"),
+    named_fields: &[("serviceTicket", "service_ticket"), ("key", "key")],
+    malformed: || {
+        let key = collections_key();
+        vec![
+            (
+                "not JSON",
+                ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+                200,
+            ),
+            (
+                "the key, not JSON",
+                ResponseTemplate::new(200).set_body_string(format!("key={key}")),
+                200,
+            ),
+            (
+                "JSON without key",
+                ResponseTemplate::new(200).set_body_json(json!({ "newKey": key })),
+                200,
+            ),
+            (
+                "empty key",
+                ResponseTemplate::new(200).set_body_json(json!({"key": ""})),
+                200,
+            ),
+        ]
+    },
     magic_400_field: "key",
     ok_body: || json!({ "key": collections_key() }),
+    echoed: |body| body["key"].as_str().expect("a key").to_owned(),
+    retried: &TRANSIENT_STATUSES,
+    coalesces: false,
     call: |channel, timeout, variant| {
-        let message = pb::RenewKeyRequest {
-            key: store_key(
-                COLLECTIONS_AUD,
-                now() - 3600 - i64::from(variant),
-                now() + 29 * 24 * 3600,
-            ),
-            key_type: pb::KeyType::Unspecified as i32,
-            service_ticket: String::new(),
-        };
-        async move {
-            StoreKeysClient::new(channel)
-                .renew_key(request(message, timeout))
-                .await
-                .map(drop)
-        }
-        .boxed()
+        answer_dropped(renew_key(channel, renew_variant(variant), timeout))
     },
+    answer: |channel, timeout, variant| renew_key(channel, renew_variant(variant), timeout),
+    call_for_tenant: None,
+    // Contract, section 1: `key` is required.
+    call_invalid: |channel| answer_dropped(renew_key(channel, Default::default(), None)),
     sandbox_call: |channel, magic, timeout| {
         let message = pb::RenewKeyRequest {
             key: StoreKeySpec::new(Host::Collections)
@@ -207,12 +399,6 @@ pub const RENEW_KEY: Op = Op {
                 .mint(),
             ..Default::default()
         };
-        async move {
-            StoreKeysClient::new(channel)
-                .renew_key(request(message, timeout))
-                .await
-                .map(drop)
-        }
-        .boxed()
+        answer_dropped(renew_key(channel, message, timeout))
     },
 };
