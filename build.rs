@@ -1,6 +1,9 @@
 //! Compiles `proto/msstore` with the pure-Rust `protox` (no `protoc` needed) and writes the
 //! descriptor set that server reflection serves: our API plus the `google.rpc` error-detail
-//! messages, so reflection-driven tools (grpcurl) can decode rich error details.
+//! messages, so reflection-driven tools (grpcurl) can decode rich error details. Also writes,
+//! per package, the method names of every service as the protos spell them
+//! (`<package>.methods.rs`): the operation registry takes its names from there, so that a
+//! method's metric labels and spans cannot drift from the proto.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("msstore_descriptor.bin"),
         reflected.encode_to_vec(),
     )?;
+    write_method_names(&api, &out_dir)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -47,4 +51,64 @@ fn proto_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `<package>.methods.rs` for every package: `SERVICE_COUNT`, and a module per service
+/// named like tonic's server module (`store_keys_server`) holding one `&str` per method, named
+/// like the method of tonic's service trait (`renew_key = "RenewKey"`).
+fn write_method_names(api: &prost_types::FileDescriptorSet, out_dir: &Path) -> std::io::Result<()> {
+    let mut packages: std::collections::BTreeMap<&str, Vec<&prost_types::ServiceDescriptorProto>> =
+        std::collections::BTreeMap::new();
+    for file in &api.file {
+        packages
+            .entry(file.package())
+            .or_default()
+            .extend(file.service.iter());
+    }
+    for (package, services) in packages {
+        let mut text = format!(
+            "/// How many services the protos of this package declare.\n\
+             pub const SERVICE_COUNT: usize = {};\n",
+            services.len()
+        );
+        for service in services {
+            text.push_str(&format!(
+                "/// The methods of `{package}.{name}`.\n#[allow(non_upper_case_globals)]\n\
+                 pub mod {module}_server {{\n",
+                name = service.name(),
+                module = snake_case(service.name()),
+            ));
+            for method in &service.method {
+                text.push_str(&format!(
+                    "    /// `{name}`.\n    pub const {ident}: &str = \"{name}\";\n",
+                    name = method.name(),
+                    ident = snake_case(method.name()),
+                ));
+            }
+            text.push_str("}\n");
+        }
+        std::fs::write(out_dir.join(format!("{package}.methods.rs")), text)?;
+    }
+    Ok(())
+}
+
+/// `GetOfflineLicense` -> `get_offline_license`, as tonic names trait methods and modules.
+fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let next_lower = chars.get(i + 1).is_some_and(char::is_ascii_lowercase);
+            let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
+            if prev_lower || (prev_upper && next_lower) {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

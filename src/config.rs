@@ -80,12 +80,13 @@ pub struct ServeArgs {
 pub struct UpstreamUrls(pub EnumMap<Host, String>);
 
 impl clap::FromArgMatches for UpstreamUrls {
+    /// Every flag has a default, so clap always has a value; the default stands in anyway.
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
         Ok(Self(EnumMap::from_fn(|host: Host| {
             matches
                 .get_one::<String>(host.flag())
-                .cloned()
-                .unwrap_or_else(|| host.default_url().to_owned())
+                .map_or(host.default_url(), String::as_str)
+                .to_owned()
         })))
     }
 

@@ -35,12 +35,6 @@ pub struct ErrorMapping {
 }
 
 impl ErrorMapping {
-    /// The common table alone: no named fields, no overrides.
-    pub const COMMON: ErrorMapping = ErrorMapping {
-        fields: &[],
-        overrides: &[],
-    };
-
     /// The gRPC code for an HTTP status the Store answered (contract section 4).
     pub fn code_for(&self, status: u16) -> Code {
         if let Some((_, code)) = self.overrides.iter().find(|(s, _)| *s == status) {
@@ -494,17 +488,21 @@ mod tests {
 
     #[test]
     fn http_statuses_map_per_operation() {
+        const COMMON: ErrorMapping = ErrorMapping {
+            fields: &[],
+            overrides: &[],
+        };
         const RENEW: ErrorMapping = ErrorMapping {
             fields: &[],
             overrides: &[(409, Code::Aborted)],
         };
-        for mapping in [&ErrorMapping::COMMON, &RENEW] {
+        for mapping in [&COMMON, &RENEW] {
             assert_eq!(mapping.code_for(502), Code::Unavailable);
             assert_eq!(mapping.code_for(408), Code::Unavailable);
             assert_eq!(mapping.code_for(505), Code::Internal);
             assert_eq!(mapping.code_for(412), Code::FailedPrecondition);
         }
-        assert_eq!(ErrorMapping::COMMON.code_for(409), Code::FailedPrecondition);
+        assert_eq!(COMMON.code_for(409), Code::FailedPrecondition);
         assert_eq!(RENEW.code_for(409), Code::Aborted);
     }
 }

@@ -6,6 +6,11 @@ pub mod msstore {
     /// `msstore.v1`.
     pub mod v1 {
         tonic::include_proto!("msstore.v1");
+
+        /// The method names of every service, as the protos spell them (written by `build.rs`).
+        pub mod methods {
+            include!(concat!(env!("OUT_DIR"), "/msstore.v1.methods.rs"));
+        }
     }
 }
 

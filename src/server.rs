@@ -78,6 +78,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let backends = backends(&settings);
+    let limit = settings.max_request_bytes;
+    // Registers every method's metric series before the admin server can be scraped.
+    let store_services = ops::routes(&backends, limit);
     let admin_state = Arc::new(AdminState::new(
         backends.metrics.clone(),
         backends.tokens.clone(),
@@ -86,8 +89,6 @@ pub async fn serve(
         tokio::spawn(upkeep(backends.metrics.clone())),
         tokio::spawn(serve_admin(admin, admin_state.clone())),
     ]);
-    let limit = settings.max_request_bytes;
-    let store_services = ops::routes(&backends, limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES.iter().copied() {

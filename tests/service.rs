@@ -511,3 +511,17 @@ async fn binary_serves_metrics_and_probes_on_its_admin_address() {
     let (exit, _) = running.terminate().await;
     assert_eq!(exit, Some(0));
 }
+
+#[test]
+fn the_operation_table_has_a_row_for_every_served_method_and_no_other() {
+    use std::collections::BTreeSet;
+    let served: BTreeSet<(&str, &str)> = msstore_facade::ops::METHODS.iter().copied().collect();
+    let table: BTreeSet<(&str, &str)> = OPERATIONS
+        .iter()
+        .map(|op| (op.service, op.method))
+        .collect();
+    assert_eq!(
+        table, served,
+        "tests/common/operations.rs must follow the registry"
+    );
+}

@@ -9,7 +9,6 @@ mod operation;
 mod pipeline;
 pub mod validation;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +16,10 @@ pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallLimiter, RpcId}
 pub use operation::{Credential, Operation, Token};
 pub use pipeline::Pipeline;
 
-use crate::auth::{AccessToken, TenantId, TokenProvider};
-use crate::error::ApiError;
+use crate::auth::TokenProvider;
 use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
-use crate::upstream::{Answer, StoreClient};
+use crate::upstream::StoreClient;
 
 /// What every pipeline shares (cheap to clone).
 #[derive(Clone)]
@@ -38,28 +36,4 @@ pub struct Backends {
     pub default_deadline: Duration,
     /// The instance's metrics.
     pub metrics: Arc<Metrics>,
-}
-
-/// Sends with the facade's own token for `tenant`. When the Store answers 401 the token is
-/// dropped from the cache (another call may have renewed it already) and the call is sent
-/// once more with a fresh token.
-async fn with_own_token<T, Fut>(
-    tokens: &TokenProvider,
-    tenant: Option<&TenantId>,
-    attempts: &Attempts,
-    send: impl Fn(AccessToken) -> Fut,
-) -> Result<Answer<T>, ApiError>
-where
-    Fut: Future<Output = Result<Answer<T>, ApiError>>,
-{
-    let token = tokens.token(tenant).await.map_err(ApiError::Token)?;
-    match send(token.clone()).await {
-        Err(error) if error.is_upstream_unauthorized() => {
-            attempts.record_upstream_status(error.upstream_http_status());
-            tokens.invalidate(tenant, &token).await;
-            let fresh = tokens.token(tenant).await.map_err(ApiError::Token)?;
-            send(fresh).await
-        }
-        other => other,
-    }
 }

@@ -11,11 +11,11 @@ use crate::error::{ApiError, ErrorMapping};
 use crate::telemetry::otel::Route;
 use crate::upstream::{Host, UpstreamRequest};
 
-/// One Store operation, declared once: its RPC method, validation, upstream host and
-/// credential, request building, answer parsing and mapping to proto, and how its failures
-/// map. Everything else per operation (metric series, health and reflection names, retry
-/// budget and circuit of its host, the log line, spans) follows from this declaration and the
-/// registry line that places it in a service (`src/ops/mod.rs`).
+/// One Store operation, declared once: validation, upstream route, host and credential,
+/// request building, answer parsing and mapping to proto, and how its failures map. The
+/// registry line that places it in a service (`src/ops/mod.rs`) gives its RPC identity, with
+/// the method name taken from the proto. Everything else per operation (metric series, health
+/// and reflection names, retry budget and circuit of its host, the log line, spans) follows.
 pub trait Operation: Send + Sync + 'static {
     /// The proto request message.
     type Request: Send + 'static;
@@ -27,10 +27,9 @@ pub trait Operation: Send + Sync + 'static {
     /// The decoded upstream answer.
     type Answer: Send + 'static;
 
-    /// The gRPC method name (`GetOfflineLicense`); the service comes from the registry.
-    const METHOD: &'static str;
-    /// The upstream route, naming client spans (never the URL itself, which carries ids).
-    const ROUTE: Route;
+    /// The upstream route: its HTTP method and URL template, which names client spans (never
+    /// the URL itself, which carries ids).
+    const ROUTE: &'static Route;
     /// Upstream parameter names for BadRequest, and per-operation status overrides.
     const ERRORS: &'static ErrorMapping;
     /// What a 2xx body must be; anything else is `UPSTREAM_MALFORMED_RESPONSE`.
@@ -39,8 +38,12 @@ pub trait Operation: Send + Sync + 'static {
     const COALESCE: bool = false;
 
     /// Checks the request before anything else happens; INVALID_ARGUMENT with one
-    /// BadRequest violation per bad field.
-    fn validate(request: Self::Request) -> Result<Self::Prepared, ApiError>;
+    /// BadRequest violation per bad field. `default_tenant` is the facade's configured tenant
+    /// (`None` without credentials), for operations that act for a tenant.
+    fn validate(
+        request: Self::Request,
+        default_tenant: Option<&TenantId>,
+    ) -> Result<Self::Prepared, ApiError>;
 
     /// The Store host the request goes to; its retry budget and circuit apply.
     fn host(prepared: &Self::Prepared) -> Host;
@@ -58,8 +61,8 @@ pub trait Operation: Send + Sync + 'static {
     fn respond(answer: Self::Answer, prepared: &Self::Prepared) -> Self::Response;
 }
 
-/// Who an upstream request is made as.
-#[derive(Debug, Clone, Copy)]
+/// Who an upstream request is made as (no `Debug`: it may hold the caller's ticket).
+#[derive(Clone, Copy)]
 pub enum Credential<'a> {
     /// The facade's own Entra token for `tenant` (`None`: the configured tenant). A Store 401
     /// drops it and the attempt is made once more with a fresh token.
@@ -72,8 +75,7 @@ pub enum Credential<'a> {
 }
 
 /// The token an attempt is made with: where it goes (header or body) is the operation's
-/// choice in [`Operation::request`].
-#[derive(Debug)]
+/// choice in [`Operation::request`]. No `Debug`: it holds a token or a ticket.
 pub enum Token<'a> {
     /// The facade's own token.
     Facade(AccessToken),

@@ -2,13 +2,15 @@
 //! -> concurrency limit -> coalescing (where the operation opts in) -> retries with the budget
 //! and circuit of its host -> token -> exchange -> map.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::call::{Attempts, CallContext, RpcId};
 use super::operation::{Credential, Operation, Token};
-use super::{with_own_token, Backends};
+use super::Backends;
+use crate::auth::{AccessToken, TenantId, TokenProvider};
 use crate::error::ApiError;
 use crate::resilience::coalesce::Coalescer;
 use crate::telemetry::metrics::RpcMetrics;
@@ -26,12 +28,12 @@ pub struct Pipeline<Op: Operation> {
 }
 
 impl<Op: Operation> Pipeline<Op> {
-    /// The pipeline of `Op` as a method of `service`, over `backends`.
-    pub fn new(service: &'static str, backends: &Backends) -> Self {
+    /// The pipeline of `Op` as `method` of `service`, over `backends`.
+    pub fn new(service: &'static str, method: &'static str, backends: &Backends) -> Self {
         Self {
             backends: backends.clone(),
-            rpc: RpcId::new(service, Op::METHOD),
-            metrics: backends.metrics.rpc(service, Op::METHOD),
+            rpc: RpcId::new(service, method),
+            metrics: backends.metrics.rpc(service, method),
             flights: Coalescer::default(),
         }
     }
@@ -43,7 +45,7 @@ impl<Op: Operation> Pipeline<Op> {
     ) -> Result<Response<Op::Response>, Status> {
         let backends = &self.backends;
         let (call, message) = CallContext::begin(&self.rpc, request, backends.default_deadline);
-        let prepared = match Op::validate(message) {
+        let prepared = match Op::validate(message, backends.tokens.default_tenant()) {
             Ok(prepared) => prepared,
             Err(error) => return call.finish(&self.metrics, Err(error)),
         };
@@ -118,8 +120,32 @@ async fn send<Op: Operation>(
 ) -> Outcome<Op::Answer> {
     let request = Op::request(prepared, &token)?;
     store
-        .exchange(host, Op::ROUTE, request, &attempts.next_attempt())
+        .exchange(host, request, &attempts.next_attempt())
         .await
         .and_then(|reply| reply.decode(Op::parse, Op::EXPECTED))
         .map_err(|error| ApiError::upstream(Op::ERRORS, error))
+}
+
+/// Sends with the facade's own token for `tenant`. When the Store answers 401 the token is
+/// dropped from the cache (another call may have renewed it already) and the call is sent
+/// once more with a fresh token.
+async fn with_own_token<T, Fut>(
+    tokens: &TokenProvider,
+    tenant: Option<&TenantId>,
+    attempts: &Attempts,
+    send: impl Fn(AccessToken) -> Fut,
+) -> Result<Answer<T>, ApiError>
+where
+    Fut: Future<Output = Result<Answer<T>, ApiError>>,
+{
+    let token = tokens.token(tenant).await.map_err(ApiError::Token)?;
+    match send(token.clone()).await {
+        Err(error) if error.is_upstream_unauthorized() => {
+            attempts.record_upstream_status(error.upstream_http_status());
+            tokens.invalidate(tenant, &token).await;
+            let fresh = tokens.token(tenant).await.map_err(ApiError::Token)?;
+            send(fresh).await
+        }
+        other => other,
+    }
 }

@@ -10,6 +10,17 @@ pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 /// `ErrorInfo.reason` of local validation failures.
 pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
 
+/// The tenant a call acts for: the one it names, else the facade's configured tenant; with
+/// neither, UNAUTHENTICATED `SERVICE_TICKET_REQUIRED`, before any call.
+pub fn acting_tenant(
+    named: Option<TenantId>,
+    configured: Option<&TenantId>,
+) -> Result<TenantId, ApiError> {
+    named
+        .or_else(|| configured.cloned())
+        .ok_or_else(|| ApiError::Token(std::sync::Arc::new(crate::auth::TokenError::NotConfigured)))
+}
+
 /// Collects violations of one request.
 #[derive(Default)]
 pub struct Checks(Vec<Violation>);

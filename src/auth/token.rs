@@ -41,7 +41,7 @@ pub struct Credentials {
 
 const TOKEN_ROUTE: Route = Route {
     name: "POST /{tenant}/oauth2/v2.0/token",
-    method: "POST",
+    method: http::Method::POST,
     template: "/{tenant}/oauth2/v2.0/token",
 };
 
@@ -263,7 +263,7 @@ impl Inner {
     /// One token request, in a client span when traces are exported.
     async fn fetch(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
         use tracing::Instrument;
-        let span = client_span(TOKEN_ROUTE, &self.host);
+        let span = client_span(&TOKEN_ROUTE, &self.host);
         let fetched = self.request(tenant, &span).instrument(span.clone()).await;
         if !span.is_disabled() {
             let status = match &fetched {

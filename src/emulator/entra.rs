@@ -47,7 +47,6 @@ pub(super) struct Ticket {
     pub(super) tid: String,
 }
 
-/// Checks an access token the way the Store does: issued here, for onestore, not expired.
 /// The verified ticket of an `Authorization: Bearer` header, or the Store's 401 answer:
 /// `PartnerAadTicketRequired` without one, `AuthenticationTokenInvalid` for a bad one.
 pub(super) fn bearer_ticket(headers: &axum::http::HeaderMap) -> Result<Ticket, Box<Response>> {
@@ -74,6 +73,7 @@ pub(super) fn bearer_ticket(headers: &axum::http::HeaderMap) -> Result<Ticket, B
     })
 }
 
+/// Checks an access token the way the Store does: issued here, for onestore, not expired.
 pub(super) fn verify_ticket(token: &str) -> Result<Ticket, TicketError> {
     let claims = jwt::decode(token)?;
     if jwt::text(&claims, "aud") != Some(ONESTORE_AUDIENCE) {

@@ -52,7 +52,9 @@ pub struct StoreKeySpec {
 }
 
 impl StoreKeySpec {
-    /// A key for `host` (the collections or purchase host: the business store has no keys), for the sandbox application, issued now, living 30 days.
+    /// A key for `host`, for the sandbox application, issued now, living 30 days. Only the
+    /// collections and purchase hosts have keys: a key "for" another host has no `aud` and
+    /// is refused everywhere.
     pub fn new(host: Host) -> Self {
         Self {
             host,

@@ -37,7 +37,11 @@ macro_rules! registry {
 
                 fn new(backends: &Backends) -> Self {
                     Self {
-                        $( $method: Pipeline::new(Self::NAME, backends), )*
+                        $( $method: Pipeline::new(
+                            Self::NAME,
+                            pb::methods::$module::$method,
+                            backends,
+                        ), )*
                     }
                 }
             }
@@ -59,7 +63,15 @@ macro_rules! registry {
         pub const SERVICE_NAMES: &[&str] = &[$( $service::NAME ),*];
 
         /// Every (service, method) served.
-        pub const METHODS: &[(&str, &str)] = &[$( $( ($service::NAME, <$op as Operation>::METHOD), )* )*];
+        pub const METHODS: &[(&str, &str)] =
+            &[$( $( ($service::NAME, pb::methods::$module::$method), )* )*];
+
+        // A proto service without a registry block would compile (its generated trait would
+        // just go unused): the count of services must match the protos'.
+        const _: () = assert!(
+            SERVICE_NAMES.len() == pb::methods::SERVICE_COUNT,
+            "every service of the protos needs a block in the operation registry"
+        );
 
         /// Every service over `backends`, refusing request messages over `max_request_bytes`.
         pub fn routes(backends: &Backends, max_request_bytes: usize) -> Routes {
@@ -77,11 +89,11 @@ macro_rules! registry {
 
 registry! {
     /// `msstore.v1.StoreEntitlements`: Store for Business entitlements.
-    StoreEntitlements: store_entitlements_server::StoreEntitlementsServer as StoreEntitlements {
+    StoreEntitlementsService: store_entitlements_server::StoreEntitlementsServer as StoreEntitlements {
         get_offline_license => offline_license::GetOfflineLicense,
     }
     /// `msstore.v1.StoreKeys`: Microsoft Store ID keys.
-    StoreKeys: store_keys_server::StoreKeysServer as StoreKeys {
+    StoreKeysService: store_keys_server::StoreKeysServer as StoreKeys {
         renew_key => renew_key::RenewKey,
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::api::validation::Checks;
+use crate::api::validation::{self as checks, Checks};
 use crate::api::{Credential, Operation, Token};
 use crate::auth::TenantId;
 use crate::error::{ApiError, ErrorMapping};
@@ -15,11 +15,12 @@ use crate::upstream::{segment, Host, UpstreamRequest};
 #[derive(Debug)]
 pub struct GetOfflineLicense;
 
-/// A validated license request: what makes two calls identical (same ids, same tenant and so
-/// the same token of the facade's own credential).
+/// A validated license request: what makes two calls identical (same ids, same tenant, the
+/// configured one when the caller names none, and so the same token of the facade's own
+/// credential).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LicenseRequest {
-    tenant: Option<TenantId>,
+    tenant: TenantId,
     product_id: String,
     sku_id: String,
     content_id: String,
@@ -56,10 +57,9 @@ impl Operation for GetOfflineLicense {
     type Prepared = LicenseRequest;
     type Answer = OfflineLicense;
 
-    const METHOD: &'static str = "GetOfflineLicense";
-    const ROUTE: Route = Route {
+    const ROUTE: &'static Route = &Route {
         name: "POST /V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}",
-        method: "POST",
+        method: http::Method::POST,
         template: "/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}",
     };
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
@@ -73,7 +73,10 @@ impl Operation for GetOfflineLicense {
     const EXPECTED: &'static str = "an OfflineLicense with a licenseBlob";
     const COALESCE: bool = true;
 
-    fn validate(request: Self::Request) -> Result<LicenseRequest, ApiError> {
+    fn validate(
+        request: Self::Request,
+        default_tenant: Option<&TenantId>,
+    ) -> Result<LicenseRequest, ApiError> {
         let mut checks = Checks::default();
         checks.store_id("product_id", &request.product_id);
         checks.store_id("sku_id", &request.sku_id);
@@ -81,7 +84,7 @@ impl Operation for GetOfflineLicense {
         let tenant = checks.tenant("tenant_id", &request.tenant_id);
         checks.finish()?;
         Ok(LicenseRequest {
-            tenant,
+            tenant: checks::acting_tenant(tenant, default_tenant)?,
             product_id: request.product_id,
             sku_id: request.sku_id,
             content_id: request.content_id,
@@ -94,7 +97,7 @@ impl Operation for GetOfflineLicense {
 
     fn credential(prepared: &LicenseRequest) -> Credential<'_> {
         Credential::Facade {
-            tenant: prepared.tenant.as_ref(),
+            tenant: Some(&prepared.tenant),
         }
     }
 
@@ -105,7 +108,7 @@ impl Operation for GetOfflineLicense {
             segment(&prepared.sku_id),
             segment(&prepared.content_id),
         );
-        Ok(UpstreamRequest::post(path).authorization(token.bearer()?))
+        Ok(UpstreamRequest::new(Self::ROUTE, path).authorization(token.bearer()?))
     }
 
     fn parse(body: &[u8]) -> Option<OfflineLicense> {

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use crate::api::validation::Checks;
 use crate::api::{Credential, Operation, Token};
-use crate::auth::{KeyClaims, KeyDecodeError};
+use crate::auth::{KeyClaims, KeyDecodeError, TenantId};
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
@@ -22,8 +22,8 @@ const RENEW_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
 pub struct RenewKey;
 
 /// A validated renewal: the host that renews the key, the key, and the caller's ticket
-/// (empty: the facade's own token).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// (empty: the facade's own token). No `Debug`: it holds a key and a ticket.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Renewal {
     host: Host,
     key: String,
@@ -37,8 +37,8 @@ struct RenewBody<'a> {
     key: &'a str,
 }
 
-/// The renew answer: the new key.
-#[derive(Debug, Deserialize)]
+/// The renew answer: the new key (no `Debug`).
+#[derive(Deserialize)]
 pub struct RenewAnswer {
     key: String,
 }
@@ -49,10 +49,9 @@ impl Operation for RenewKey {
     type Prepared = Renewal;
     type Answer = RenewAnswer;
 
-    const METHOD: &'static str = "RenewKey";
-    const ROUTE: Route = Route {
+    const ROUTE: &'static Route = &Route {
         name: "POST /v6.0/b2b/keys/renew",
-        method: "POST",
+        method: http::Method::POST,
         template: "/v6.0/b2b/keys/renew",
     };
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
@@ -61,7 +60,8 @@ impl Operation for RenewKey {
     };
     const EXPECTED: &'static str = "a JSON object with a key";
 
-    fn validate(request: Self::Request) -> Result<Renewal, ApiError> {
+    /// A renewal acts for no tenant: the facade's own token is the configured tenant's.
+    fn validate(request: Self::Request, _: Option<&TenantId>) -> Result<Renewal, ApiError> {
         let mut checks = Checks::default();
         checks.credential("key", &request.key, true);
         checks.credential("service_ticket", &request.service_ticket, false);
@@ -100,9 +100,7 @@ impl Operation for RenewKey {
             service_ticket: token.text(),
             key: &renewal.key,
         };
-        UpstreamRequest::post("/v6.0/b2b/keys/renew".to_owned())
-            .json(&body)
-            .map_err(|_| ApiError::invalid(crate::api::validation::INVALID_REQUEST, "key", "cannot be sent as JSON"))
+        Ok(UpstreamRequest::new(Self::ROUTE, Self::ROUTE.template.to_owned()).json(&body))
     }
 
     fn parse(body: &[u8]) -> Option<RenewAnswer> {

@@ -111,19 +111,20 @@ impl Injector for TraceparentInjector {
     }
 }
 
-/// What a client span names an upstream request by: never the URL itself, which carries ids.
-#[derive(Debug, Clone, Copy)]
+/// An upstream request's method and URL template: what a client span names it by (never the
+/// URL itself, which carries ids), and the method it is sent with.
+#[derive(Debug, Clone)]
 pub struct Route {
     /// The span name, `METHOD template`.
     pub name: &'static str,
     /// The HTTP method.
-    pub method: &'static str,
+    pub method: http::Method,
     /// The path with its variable parts as `{placeholders}`.
     pub template: &'static str,
 }
 
 /// A client span for one attempt of `route` to `host` (disabled unless traces are exported).
-pub fn client_span(route: Route, host: &str) -> tracing::Span {
+pub fn client_span(route: &Route, host: &str) -> tracing::Span {
     if !active() {
         return tracing::Span::none();
     }
@@ -132,7 +133,7 @@ pub fn client_span(route: Route, host: &str) -> tracing::Span {
         otel.name = route.name,
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        http.request.method = route.method,
+        http.request.method = route.method.as_str(),
         url.template = route.template,
         server.address = host,
         http.response.status_code = tracing::field::Empty,

@@ -50,22 +50,21 @@ impl Host {
         }
     }
 
-    /// What `--help` says of its base URL setting.
+    /// What `--help` says of its base URL setting (no final period, as clap's derive writes
+    /// the other flags).
     pub fn help(self) -> &'static str {
         match self {
             Host::BusinessStore => {
                 "Base URL of the Store for Business API (offline licenses); any base URL, \
-                 http:// included."
+                 http:// included"
             }
             Host::Collections => {
-                "Base URL of the Store collections API, which renews collections keys."
+                "Base URL of the Store collections API, which renews collections keys"
             }
-            Host::Purchase => "Base URL of the Store purchase API, which renews purchase keys.",
+            Host::Purchase => "Base URL of the Store purchase API, which renews purchase keys",
         }
     }
-}
 
-impl Host {
     /// Every host, in declaration order.
     pub fn all() -> impl Iterator<Item = Host> {
         (0..<Host as enum_map::Enum>::LENGTH).map(<Host as enum_map::Enum>::from_usize)

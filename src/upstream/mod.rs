@@ -15,7 +15,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
 };
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{StatusCode, Url};
 use tracing::Instrument;
 
 pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
@@ -63,21 +63,23 @@ pub fn segment(text: &str) -> impl std::fmt::Display + '_ {
 }
 
 /// One request to a Store host, as an operation describes it: the host's base URL is
-/// prepended by [`StoreClient::exchange`], which also adds the correlation headers.
-#[derive(Debug, Clone)]
+/// prepended by [`StoreClient::exchange`], which also adds the correlation headers. Its
+/// `Debug` shows the route only: the headers and body carry tokens and keys.
+#[derive(Clone)]
 pub struct UpstreamRequest {
-    method: Method,
+    route: &'static Route,
     path: String,
     authorization: Option<HeaderValue>,
     json: Option<Bytes>,
 }
 
 impl UpstreamRequest {
-    /// A `POST` to `path` (below the host's base URL, starting with `/`, segments already
-    /// encoded with [`segment`]) with an empty body (`Content-Length: 0`).
-    pub fn post(path: String) -> Self {
+    /// A request of `route` (its method, and its name in spans) to `path` (below the host's
+    /// base URL, starting with `/`, segments encoded with [`segment`]), with an empty body
+    /// (`Content-Length: 0`).
+    pub fn new(route: &'static Route, path: String) -> Self {
         Self {
-            method: Method::POST,
+            route,
             path,
             authorization: None,
             json: None,
@@ -90,10 +92,20 @@ impl UpstreamRequest {
         self
     }
 
-    /// Sends `body` as `application/json`; the same bytes on every attempt.
-    pub fn json(mut self, body: &impl serde::Serialize) -> Result<Self, serde_json::Error> {
-        self.json = Some(serde_json::to_vec(body)?.into());
-        Ok(self)
+    /// Sends `body` as `application/json`; the same bytes on every attempt. Serializing the
+    /// plain structs operations send cannot fail; if one ever did, the body would be empty
+    /// and the Store would refuse it (400), which maps like any refusal.
+    pub fn json(mut self, body: &impl serde::Serialize) -> Self {
+        self.json = Some(serde_json::to_vec(body).unwrap_or_default().into());
+        self
+    }
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("route", &self.route.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -286,8 +298,7 @@ pub struct StoreClient {
     attempt_timeout: Duration,
 }
 
-/// A 2xx answer, not decoded yet.
-#[derive(Debug)]
+/// A 2xx answer, not decoded yet (no `Debug`: the body may carry a key).
 pub struct Reply {
     host: Arc<str>,
     http_status: u16,
@@ -347,12 +358,11 @@ impl StoreClient {
         self.hosts.values().any(|base| base.breaker.is_open())
     }
 
-    /// Sends `request` to `host` through its circuit breaker, in a client span named by
-    /// `route`, with the correlation headers of this attempt.
+    /// Sends `request` to `host` through its circuit breaker, in a client span named by its
+    /// route, with the correlation headers of this attempt.
     pub async fn exchange(
         &self,
         host: Host,
-        route: Route,
         request: UpstreamRequest,
         correlation: &Correlation,
     ) -> Result<Reply, UpstreamError> {
@@ -365,7 +375,7 @@ impl StoreClient {
                 retry_after: open.retry_after,
             })?;
         let started = Instant::now();
-        let span = client_span(route, &base.host);
+        let span = client_span(request.route, &base.host);
         span.record("ms_cv", correlation.ms_cv.as_str());
         let traceparent = otel::traceparent(&span);
         let traceparent = traceparent.as_deref().unwrap_or(&correlation.traceparent);
@@ -393,7 +403,7 @@ impl StoreClient {
         let mut url = String::with_capacity(base.prefix.len() + request.path.len());
         url.push_str(&base.prefix);
         url.push_str(&request.path);
-        let mut builder = self.http.request(request.method, url);
+        let mut builder = self.http.request(request.route.method.clone(), url);
         if let Some(authorization) = request.authorization {
             builder = builder.header(AUTHORIZATION, authorization);
         }
