@@ -54,21 +54,22 @@ impl<Op: Operation> Pipeline<Op> {
     }
 
     /// The upstream side of the call, shared with identical calls in flight when `Op`
-    /// coalesces.
+    /// coalesces. The upstream work is boxed either way, so that this future (and the ones
+    /// around it, which are moved into boxes per call) stays small: the work's own state
+    /// (retries, token, the HTTP exchange) is a few kilobytes.
     async fn shared_fetch(
         &self,
         prepared: Op::Prepared,
         attempts: &Arc<Attempts>,
     ) -> Outcome<Op::Response> {
+        let backends = self.backends.clone();
         if !Op::COALESCE {
-            return fetch::<Op>(&self.backends, &prepared, attempts).await;
+            return Box::pin(fetch::<Op>(backends, prepared, attempts.clone())).await;
         }
-        let (backends, key, attempts) = (self.backends.clone(), prepared.clone(), attempts.clone());
+        let (key, attempts) = (prepared.clone(), attempts.clone());
         let (outcome, joined) = self
             .flights
-            .run(prepared, move || async move {
-                fetch::<Op>(&backends, &key, &attempts).await
-            })
+            .run(prepared, move || fetch::<Op>(backends, key, attempts))
             .await;
         if joined {
             self.backends.metrics.coalesced();
@@ -80,10 +81,11 @@ impl<Op: Operation> Pipeline<Op> {
 
 /// Retries around the token-aware attempt, then the proto answer.
 async fn fetch<Op: Operation>(
-    backends: &Backends,
-    prepared: &Op::Prepared,
-    attempts: &Attempts,
+    backends: Backends,
+    prepared: Op::Prepared,
+    attempts: Arc<Attempts>,
 ) -> Outcome<Op::Response> {
+    let (prepared, attempts) = (&prepared, &*attempts);
     let host = Op::host(prepared);
     let (store, tokens) = (&backends.store, &backends.tokens);
     let budget = store.host(host).retry_budget();
