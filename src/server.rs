@@ -12,7 +12,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminState;
-use crate::api::{Arrival, Backends, CallLimiter};
+use crate::api::{Arrival, Backends, CallDeadlines, CallLimiter};
 use crate::auth::TokenProvider;
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -55,7 +55,7 @@ pub fn backends(settings: &Settings) -> Backends {
         ),
         retry: Arc::new(RetryPolicy::new(resilience)),
         limiter,
-        default_deadline: resilience.default_deadline,
+        deadlines: CallDeadlines::new(resilience),
         metrics,
     }
 }

@@ -403,6 +403,48 @@ async fn caller_deadline_answers_deadline_exceeded_and_drops_the_upstream_reques
     .await;
 }
 
+/// A call of `op` with the caller's deadline `timeout`, to a facade whose `--max-deadline` is
+/// 1 s, against an upstream that never answers, ends with DEADLINE_EXCEEDED after the cap (the
+/// budget it names), not after `timeout`, and drops the upstream request.
+async fn the_capped_deadline_ends_the_call(op: &'static Op, timeout: Duration) {
+    let mut upstream = RawUpstream::start(op, Behaviour::NeverAnswer).await;
+    let (_token, facade) = facade_at(&upstream.base(), |r| {
+        only_the_callers_deadline(r);
+        r.max_deadline = Duration::from_secs(1);
+    })
+    .await;
+    let call = (op.call)(facade.channel.clone(), Some(timeout), 0);
+    let outcome = within(GENEROUS, "the capped deadline", call).await;
+    let status = expect_failure(op, outcome, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    assert!(status.message().contains("1000 ms"), "{op:?}: {status:?}");
+    upstream.request_received().await;
+    upstream.connection_closed().await;
+}
+
+#[tokio::test]
+async fn a_caller_deadline_above_max_deadline_is_capped_to_it() {
+    for_every_operation(|op| the_capped_deadline_ends_the_call(op, Duration::from_secs(30))).await;
+}
+
+#[tokio::test]
+async fn an_absurd_caller_deadline_is_capped_not_a_panic() {
+    // 99999999H, the largest grpc-timeout there is (about 11,000 years).
+    const ABSURD: Duration = Duration::from_secs(99_999_999 * 3600);
+    for_every_operation(|op| async move {
+        // The call works...
+        let h = Harness::start().await;
+        op.mount(&h, op.ok()).await;
+        let call = (op.call)(h.facade.channel.clone(), Some(ABSURD), 0);
+        within(GENEROUS, "a call with a 99999999H deadline", call)
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        assert_eq!(Harness::requests(op.store(&h)).await.len(), 1, "{op:?}");
+        // ...under the capped deadline, which still ends it.
+        the_capped_deadline_ends_the_call(op, ABSURD).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn without_a_caller_deadline_the_default_deadline_applies() {
     for_every_operation(|op| async move {
@@ -519,6 +561,7 @@ async fn connect_errors_are_retried() {
 
 #[tokio::test]
 async fn retry_after_that_fits_the_deadline_is_honoured() {
+    // Retry-After 1 is within the default --max-retry-wait of 2 s: the facade waits it out.
     for_every_operation(|op| async move {
         let h = Harness::start().await;
         let throttled = ResponseTemplate::new(429).insert_header("Retry-After", "1");
@@ -555,6 +598,34 @@ async fn retry_after_beyond_the_deadline_is_handed_back_at_once() {
             "{op:?}"
         );
         assert_eq!(Harness::requests(op.store(&h)).await.len(), 1, "{op:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_beyond_max_retry_wait_is_handed_back_at_once() {
+    // Retry-After 7 fits the 30 s deadline, but is above the default --max-retry-wait of 2 s:
+    // the facade does not sit on it (holding a place under the call limit), the caller does.
+    for_every_operation(|op| async move {
+        let h = Harness::start().await;
+        let mut cases = vec![(429, Code::ResourceExhausted)];
+        if op.retried.contains(&503) {
+            cases.push((503, Code::Unavailable));
+        }
+        for (http_status, code) in cases {
+            let case = format!("{op:?}: HTTP {http_status} with Retry-After: 7");
+            op.store(&h).reset().await;
+            let waiting = ResponseTemplate::new(http_status).insert_header("Retry-After", "7");
+            op.mount(&h, waiting).await;
+            let started = Instant::now();
+            let outcome = (op.call)(h.facade.channel.clone(), Some(Duration::from_secs(30)), 0);
+            let status = outcome.await.expect_err("the Store asks to wait");
+            let elapsed = started.elapsed();
+            assert!(elapsed < Duration::from_secs(5), "{case}: {elapsed:?}");
+            assert_eq!(status.code(), code, "{case}: {status:?}");
+            assert_eq!(retry_delay(&status), Some(Duration::from_secs(7)), "{case}");
+            assert_eq!(Harness::requests(op.store(&h)).await.len(), 1, "{case}");
+        }
     })
     .await;
 }

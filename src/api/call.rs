@@ -13,6 +13,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::resilience::ResilienceConfig;
 use crate::telemetry::metrics::RpcMetrics;
 use crate::telemetry::ms_cv::CorrelationVector;
 use crate::telemetry::otel;
@@ -24,6 +25,49 @@ use crate::upstream::{Answer, Correlation, UpstreamIds};
 /// clock runs out (a tonic client's timer answers CANCELLED). It has to cover the answer's way
 /// back and a busy scheduler: with 20 ms a tonic caller saw CANCELLED on a loaded 2-core box.
 const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// How long a call may take: the budget of a call whose caller sets no deadline, and the most
+/// a caller's `grpc-timeout` may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadlines {
+    /// The budget of a call whose caller sets no deadline (`--default-deadline`).
+    pub default: Duration,
+    /// The cap on a caller's deadline (`--max-deadline`).
+    pub max: Duration,
+}
+
+impl CallDeadlines {
+    /// The deadlines of `config`.
+    pub fn new(config: &ResilienceConfig) -> Self {
+        Self {
+            default: config.default_deadline,
+            max: config.max_deadline,
+        }
+    }
+
+    /// The caller's budget as the facade keeps it: its `grpc-timeout`, capped.
+    fn caller_budget(&self, grpc_timeout: Option<Duration>) -> Option<Duration> {
+        grpc_timeout.map(|budget| budget.min(self.max))
+    }
+
+    /// The call's own budget: the caller's less a safety margin, or the default one.
+    fn call_budget(&self, caller_budget: Option<Duration>) -> Duration {
+        caller_budget.map_or(self.default, |budget| {
+            budget.saturating_sub((budget / 10).min(MAX_DEADLINE_MARGIN))
+        })
+    }
+}
+
+/// `budget` after `started`; a budget beyond what `Instant` can hold (only a configured cap
+/// of centuries could ask for one) is halved until it fits, rather than panicking.
+fn deadline_after(started: Instant, mut budget: Duration) -> Instant {
+    loop {
+        match started.checked_add(budget) {
+            Some(deadline) => return deadline,
+            None => budget /= 2,
+        }
+    }
+}
 
 /// When the request's headers reached the server, stamped by the server's outermost layer:
 /// the caller's deadline runs from there (as tonic's own timer does), not from when the
@@ -103,11 +147,12 @@ pub struct CallContext<'a> {
 
 impl<'a> CallContext<'a> {
     /// Starts a call: reads deadline and correlation from the metadata, returns the message.
-    /// A call whose caller sets no deadline gets `default_deadline`.
+    /// A caller's deadline above `deadlines.max` is capped to it; a call whose caller sets no
+    /// deadline gets `deadlines.default`.
     pub fn begin<Req>(
         rpc: &'a RpcId,
         request: Request<Req>,
-        default_deadline: Duration,
+        deadlines: CallDeadlines,
     ) -> (Self, Req) {
         let metadata = request.metadata();
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
@@ -115,15 +160,13 @@ impl<'a> CallContext<'a> {
             .extensions()
             .get::<Arrival>()
             .map_or_else(Instant::now, |arrival| arrival.0);
-        let caller_budget = text("grpc-timeout").and_then(grpc_timeout);
-        let budget = caller_budget.map_or(default_deadline, |budget| {
-            budget - (budget / 10).min(MAX_DEADLINE_MARGIN)
-        });
+        let caller_budget = deadlines.caller_budget(text("grpc-timeout").and_then(grpc_timeout));
+        let budget = deadlines.call_budget(caller_budget);
         let attempts = Arc::new(Attempts {
             ms_cv: Mutex::new(CorrelationVector::for_call(text("ms-cv"))),
             trace: TraceContext::for_call(text("traceparent")),
             upstream_status: AtomicU16::new(0),
-            deadline: started + budget,
+            deadline: deadline_after(started, budget),
         });
         let span = if otel::active() {
             server_span(rpc, request.metadata(), &attempts)
@@ -157,9 +200,11 @@ impl<'a> CallContext<'a> {
         let outcome = match limiter.permits.try_acquire() {
             Ok(_permit) => {
                 let deadline = tokio::time::Instant::from_std(self.attempts.deadline);
-                let budget = self
-                    .caller_budget
-                    .unwrap_or_else(|| self.attempts.deadline - self.started);
+                let budget = self.caller_budget.unwrap_or_else(|| {
+                    self.attempts
+                        .deadline
+                        .saturating_duration_since(self.started)
+                });
                 tokio::time::timeout_at(deadline, work.instrument(self.span.clone()))
                     .await
                     .unwrap_or(Err(ApiError::DeadlineExceeded { budget }))
@@ -333,6 +378,33 @@ fn log_call<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_deadline_above_the_cap_is_capped() {
+        let deadlines = CallDeadlines {
+            default: Duration::from_secs(30),
+            max: Duration::from_secs(60),
+        };
+        let absurd = grpc_timeout("99999999H");
+        assert_eq!(
+            deadlines.caller_budget(absurd),
+            Some(Duration::from_secs(60))
+        );
+        let modest = Some(Duration::from_secs(5));
+        assert_eq!(deadlines.caller_budget(modest), modest);
+        assert_eq!(deadlines.caller_budget(None), None);
+        assert_eq!(deadlines.call_budget(None), Duration::from_secs(30));
+        let margin = deadlines.call_budget(Some(Duration::from_secs(60)));
+        assert_eq!(margin, Duration::from_secs(60) - MAX_DEADLINE_MARGIN);
+    }
+
+    #[test]
+    fn a_deadline_beyond_what_instant_holds_does_not_panic() {
+        let now = Instant::now();
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(3600 * 24 * 365));
+        assert_eq!(deadline_after(now, Duration::ZERO), now);
+    }
 
     #[test]
     fn grpc_timeout_units() {

@@ -10,9 +10,8 @@ mod pipeline;
 pub mod validation;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallLimiter, RpcId};
+pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallDeadlines, CallLimiter, RpcId};
 pub use operation::{Credential, Operation, Token};
 pub use pipeline::Pipeline;
 
@@ -32,8 +31,8 @@ pub struct Backends {
     pub retry: Arc<RetryPolicy>,
     /// The limit on calls in flight.
     pub limiter: Arc<CallLimiter>,
-    /// The budget of a call whose caller sets no deadline.
-    pub default_deadline: Duration,
+    /// The budget of a call whose caller sets no deadline, and the cap on a caller's.
+    pub deadlines: CallDeadlines,
     /// The instance's metrics.
     pub metrics: Arc<Metrics>,
 }

@@ -44,7 +44,7 @@ impl<Op: Operation> Pipeline<Op> {
         request: Request<Op::Request>,
     ) -> Result<Response<Op::Response>, Status> {
         let backends = &self.backends;
-        let (call, message) = CallContext::begin(&self.rpc, request, backends.default_deadline);
+        let (call, message) = CallContext::begin(&self.rpc, request, backends.deadlines);
         let prepared = match Op::validate(message, backends.tokens.default_tenant()) {
             Ok(prepared) => prepared,
             Err(error) => return call.finish(&self.metrics, Err(error)),

@@ -27,15 +27,48 @@ pub struct KeyClaims {
     /// Audience: which Store service the key belongs to.
     #[serde(default)]
     pub aud: Option<String>,
-    /// Issued at, seconds since the Unix epoch.
-    #[serde(default)]
+    /// Issued at, seconds since the Unix epoch, within [`KeyClaims::EARLIEST`] and
+    /// [`KeyClaims::LATEST`].
+    #[serde(default, deserialize_with = "numeric_date")]
     pub iat: Option<i64>,
-    /// Expiry, seconds since the Unix epoch.
-    #[serde(default)]
+    /// Expiry, seconds since the Unix epoch, within [`KeyClaims::EARLIEST`] and
+    /// [`KeyClaims::LATEST`].
+    #[serde(default, deserialize_with = "numeric_date")]
     pub exp: Option<i64>,
 }
 
+/// A JWT NumericDate (any JSON number: integer, beyond `i64`, or with a fraction) as whole
+/// seconds clamped to the range of a `google.protobuf.Timestamp`, so that whatever a key
+/// claims can be computed with and answered without overflow or an invalid timestamp.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let seconds = match (number.as_i64(), number.as_u64()) {
+        (Some(seconds), _) => seconds,
+        (None, Some(_)) => i64::MAX,
+        // `as` saturates, and JSON has no NaN.
+        (None, None) => number.as_f64().map_or(0, |f| f.floor() as i64),
+    };
+    Ok(Some(KeyClaims::clamp_seconds(seconds)))
+}
+
 impl KeyClaims {
+    /// The earliest instant a claim can name: 0001-01-01T00:00:00Z, the start of the range
+    /// of a `google.protobuf.Timestamp`.
+    pub const EARLIEST: i64 = -62_135_596_800;
+    /// The latest instant a claim can name: 9999-12-31T23:59:59Z, the end of the range of a
+    /// `google.protobuf.Timestamp`.
+    pub const LATEST: i64 = 253_402_300_799;
+
+    /// `seconds` since the Unix epoch within [`KeyClaims::EARLIEST`] and
+    /// [`KeyClaims::LATEST`]: a valid `google.protobuf.Timestamp`.
+    pub fn clamp_seconds(seconds: i64) -> i64 {
+        seconds.clamp(Self::EARLIEST, Self::LATEST)
+    }
+
     /// Decodes the payload of `key`; the signature is not checked.
     pub fn decode(key: &str) -> Result<Self, KeyDecodeError> {
         let mut parts = key.split('.');
@@ -92,6 +125,30 @@ mod tests {
             KeyClaims::decode(&key).unwrap().host(),
             Ok(Host::Collections)
         );
+    }
+
+    #[test]
+    fn absurd_dates_are_clamped_to_the_timestamp_range() {
+        let cases = [
+            (i64::MAX.to_string(), KeyClaims::LATEST),
+            (i64::MIN.to_string(), KeyClaims::EARLIEST),
+            (u64::MAX.to_string(), KeyClaims::LATEST),
+            ("1e300".to_owned(), KeyClaims::LATEST),
+            ("-1e300".to_owned(), KeyClaims::EARLIEST),
+            ("1700000000.75".to_owned(), 1_700_000_000),
+            ("1700000000".to_owned(), 1_700_000_000),
+        ];
+        for (date, expected) in cases {
+            let key = jwt(&format!(r#"{{"iat":{date},"exp":{date}}}"#));
+            let claims = KeyClaims::decode(&key).unwrap();
+            assert_eq!(
+                (claims.iat, claims.exp),
+                (Some(expected), Some(expected)),
+                "{date}"
+            );
+        }
+        let claims = KeyClaims::decode(&jwt(r#"{"iat":null}"#)).unwrap();
+        assert_eq!((claims.iat, claims.exp), (None, None));
     }
 
     #[test]

@@ -50,6 +50,13 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// Tokens are renewed this long before they expire (as Microsoft's library does), or at half
 /// their lifetime when they live shorter than twice that.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// The longest token lifetime believed: Entra's tokens live 60 to 90 minutes, so a longer
+/// `expires_in` (up to `u64::MAX`, which would overflow an `Instant`) is cut to a day.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The shortest token lifetime believed: an `expires_in` of 0 (or negative, or under a
+/// second) counts as one second, so the token is cached for half a second and a token
+/// endpoint claiming no lifetime cannot turn every call into a token request.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 const MAX_TENANTS: u64 = 10_000;
 
 /// An Entra access token. It cannot be printed: `Debug` shows `[redacted]` and there is no
@@ -248,7 +255,30 @@ struct TokenResponse {
 #[serde(untagged)]
 enum ExpiresIn {
     Number(u64),
+    Fraction(f64),
     Text(String),
+}
+
+impl ExpiresIn {
+    /// The lifetime, within [`MIN_TOKEN_LIFETIME`] and [`MAX_TOKEN_LIFETIME`]; `None` when the
+    /// text is not a number.
+    fn lifetime(&self) -> Option<Duration> {
+        let seconds = match self {
+            Self::Number(n) => *n as f64,
+            Self::Fraction(f) => *f,
+            Self::Text(t) => t.trim().parse::<f64>().ok().filter(|f| !f.is_nan())?,
+        };
+        Some(clamp_lifetime(seconds))
+    }
+}
+
+/// `seconds` as a token lifetime within [`MIN_TOKEN_LIFETIME`] and [`MAX_TOKEN_LIFETIME`].
+fn clamp_lifetime(seconds: f64) -> Duration {
+    let max = MAX_TOKEN_LIFETIME.as_secs_f64();
+    let min = MIN_TOKEN_LIFETIME.as_secs_f64();
+    // `clamp` brings the infinities to the ends; `max` keeps even a NaN (refused by the
+    // caller) from reaching `from_secs_f64`, which would panic on it.
+    Duration::from_secs_f64(seconds.clamp(min, max).floor().max(min))
 }
 
 #[derive(Deserialize, Default)]
@@ -352,22 +382,19 @@ fn token_from_answer(
             http_status: status.as_u16(),
         };
         let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| malformed())?;
-        let lifetime = match parsed.expires_in {
-            ExpiresIn::Number(n) => n,
-            ExpiresIn::Text(t) => t.trim().parse().map_err(|_| malformed())?,
-        };
+        let lifetime = parsed.expires_in.lifetime().ok_or_else(malformed)?;
         let mut bearer = HeaderValue::try_from(format!("Bearer {}", parsed.access_token))
             .map_err(|_| malformed())?;
         bearer.set_sensitive(true);
         if parsed.access_token.is_empty() {
             return Err(malformed());
         }
-        let lifetime = Duration::from_secs(lifetime);
         let margin = REFRESH_MARGIN.min(lifetime / 2);
+        // `lifetime` is at most a day, so this cannot overflow.
         return Ok(AccessToken {
             secret: Arc::new(SecretString::from(parsed.access_token)),
             bearer,
-            refresh_at: requested_at + lifetime - margin,
+            refresh_at: requested_at + (lifetime - margin),
         });
     }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -414,6 +441,53 @@ mod tests {
         let body = br#"{"expires_in":"60","access_token":"t"}"#;
         let token = token_from_answer(StatusCode::OK, None, body, now).unwrap();
         assert_eq!(token.refresh_at - now, Duration::from_secs(30));
+    }
+
+    fn refresh_after(expires_in: &str) -> Result<Duration, TokenError> {
+        let now = Instant::now();
+        let body = format!(r#"{{"expires_in":{expires_in},"access_token":"t"}}"#);
+        token_from_answer(StatusCode::OK, None, body.as_bytes(), now)
+            .map(|token| token.refresh_at - now)
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_to_a_day() {
+        let day_less_margin = MAX_TOKEN_LIFETIME - REFRESH_MARGIN;
+        for huge in [
+            "18446744073709551615",
+            r#""18446744073709551615""#,
+            r#""1e300""#,
+            "1e300",
+            "86401",
+        ] {
+            assert_eq!(refresh_after(huge).unwrap(), day_less_margin, "{huge}");
+        }
+        assert_eq!(
+            refresh_after("86400").unwrap(),
+            day_less_margin,
+            "a day is believed"
+        );
+    }
+
+    #[test]
+    fn no_lifetime_still_caches_the_token_half_a_second() {
+        for none in ["0", r#""0""#, "-5", "0.2", r#""-1e300""#] {
+            assert_eq!(
+                refresh_after(none).unwrap(),
+                Duration::from_millis(500),
+                "{none}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lifetime_that_is_not_a_number_is_malformed() {
+        for bad in [r#""soon""#, r#""NaN""#, "null", "true"] {
+            assert!(
+                matches!(refresh_after(bad), Err(TokenError::Malformed { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

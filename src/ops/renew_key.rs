@@ -129,8 +129,13 @@ impl Operation for RenewKey {
     }
 }
 
+/// `seconds` as a valid `google.protobuf.Timestamp`: a key claiming a date outside its range
+/// (year 1 to 9999) is answered with the nearest end of it.
 fn timestamp(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
+    prost_types::Timestamp {
+        seconds: KeyClaims::clamp_seconds(seconds),
+        nanos: 0,
+    }
 }
 
 /// The host that renews `key`: the declared type when given (and not contradicted by the
@@ -160,4 +165,3 @@ fn key_host(key: &str, declared: Option<Host>) -> Result<Host, ApiError> {
         (Some(declared), _) => Ok(declared),
     }
 }
-

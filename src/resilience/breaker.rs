@@ -53,7 +53,7 @@ impl CircuitBreaker {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        millis(self.epoch.elapsed())
     }
 
     /// Whether the circuit is open (or probing) now.
@@ -76,7 +76,7 @@ impl CircuitBreaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Ok(permit(false)),
             OPEN => {
-                let open_ms = self.open_for.as_millis() as u64;
+                let open_ms = millis(self.open_for);
                 let elapsed = self
                     .now_ms()
                     .saturating_sub(self.opened_at_ms.load(Ordering::Acquire));
@@ -135,13 +135,17 @@ impl Drop for Permit<'_> {
         // A probe whose caller went away proved nothing: let the next call probe at once.
         if self.probe && !self.settled {
             let breaker = self.breaker;
-            let eligible = breaker
-                .now_ms()
-                .saturating_sub(breaker.open_for.as_millis() as u64);
+            let eligible = breaker.now_ms().saturating_sub(millis(breaker.open_for));
             breaker.opened_at_ms.store(eligible, Ordering::Release);
             breaker.state.store(OPEN, Ordering::Release);
         }
     }
+}
+
+/// `duration` in whole milliseconds, saturating: an absurd `--circuit-open-for` means "open
+/// for as long as can be counted", never a wrapped-around short period.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -181,6 +185,15 @@ mod tests {
         assert!(breaker.is_open());
         drop(breaker.admit().unwrap());
         assert!(breaker.admit().is_ok());
+    }
+
+    #[test]
+    fn an_absurd_open_period_stays_open_and_does_not_overflow() {
+        let breaker = CircuitBreaker::new("h", 1, Duration::MAX);
+        breaker.admit().unwrap().record(true);
+        let open = breaker.admit().unwrap_err();
+        assert!(open.retry_after > Duration::from_secs(365 * 24 * 3600));
+        drop(breaker.admit());
     }
 
     #[test]

@@ -20,6 +20,15 @@ pub struct ResilienceConfig {
     #[arg(long, env = "MSSTORE_DEFAULT_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub default_deadline: Duration,
 
+    /// Longest call budget a caller may ask for: a `grpc-timeout` above it is capped to it.
+    #[arg(long, env = "MSSTORE_MAX_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_deadline: Duration,
+
+    /// Longest upstream `Retry-After` the facade waits out itself before retrying; a longer one
+    /// goes back to the caller at once, with that delay in RetryInfo.
+    #[arg(long, env = "MSSTORE_MAX_RETRY_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub max_retry_wait: Duration,
+
     /// Most upstream attempts per call, the first included (1 = no retries).
     #[arg(long, env = "MSSTORE_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -40,8 +49,9 @@ pub struct ResilienceConfig {
     #[arg(long, env = "MSSTORE_RETRY_BUDGET_MIN_PER_SEC", default_value_t = 5)]
     pub retry_budget_min_per_sec: u32,
 
-    /// Consecutive failures (connect errors, timeouts, 5xx, 408) that open an upstream host's
-    /// circuit; 0 turns circuit breaking off.
+    /// Consecutive failures of an upstream host (connect errors, attempt timeouts, lost
+    /// connections, 502, 503, 504, 408; never a 500 or a 4xx) that open its circuit; 0 turns
+    /// circuit breaking off.
     #[arg(long, env = "MSSTORE_CIRCUIT_FAILURES", default_value_t = 20)]
     pub circuit_failures: u32,
 
@@ -83,6 +93,8 @@ impl Default for ResilienceConfig {
         Self {
             upstream_timeout: Duration::from_secs(10),
             default_deadline: Duration::from_secs(30),
+            max_deadline: Duration::from_secs(60),
+            max_retry_wait: Duration::from_secs(2),
             max_attempts: 3,
             retry_base_delay: Duration::from_millis(50),
             retry_max_delay: Duration::from_secs(2),
@@ -106,6 +118,7 @@ impl ResilienceConfig {
         let positive = [
             ("--upstream-timeout", self.upstream_timeout),
             ("--default-deadline", self.default_deadline),
+            ("--max-deadline", self.max_deadline),
             ("--circuit-open-for", self.circuit_open_for),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
@@ -126,5 +139,30 @@ impl ResilienceConfig {
             return Err("--retry-base-delay must not exceed --retry-max-delay".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_max_deadline_is_refused_naming_the_flag() {
+        let config = ResilienceConfig {
+            max_deadline: Duration::ZERO,
+            ..ResilienceConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err, "--max-deadline must be above 0");
+    }
+
+    #[test]
+    fn a_zero_max_retry_wait_is_allowed() {
+        // Every Retry-After (but `0`) then goes back to the caller.
+        let config = ResilienceConfig {
+            max_retry_wait: Duration::ZERO,
+            ..ResilienceConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 }

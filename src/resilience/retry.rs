@@ -1,6 +1,7 @@
 //! Retries of transient upstream failures: bounded attempts, exponential backoff with full
-//! jitter, a `Retry-After` that must fit the call's remaining budget, and a retry budget per
-//! upstream host (tower's `TpsBudget`) so that a failing upstream is not hammered.
+//! jitter, a `Retry-After` that must be short (`--max-retry-wait`) and fit the call's remaining
+//! budget, and a retry budget per upstream host (tower's `TpsBudget`) so that a failing
+//! upstream is not hammered.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -47,7 +48,8 @@ impl RetryBudget {
 /// When a failed attempt may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAdvice {
-    /// The upstream's `Retry-After`: the retry waits exactly this long, or is not made.
+    /// The upstream's `Retry-After`: the retry waits exactly this long, or is not made (when
+    /// it is longer than the policy's longest wait, or does not fit the deadline).
     pub after: Option<Duration>,
 }
 
@@ -57,6 +59,7 @@ pub struct RetryPolicy {
     max_attempts: u32,
     base: Duration,
     cap: Duration,
+    max_retry_wait: Duration,
 }
 
 impl RetryPolicy {
@@ -66,6 +69,7 @@ impl RetryPolicy {
             max_attempts: config.max_attempts,
             base: config.retry_base_delay,
             cap: config.retry_max_delay,
+            max_retry_wait: config.max_retry_wait,
         }
     }
 
@@ -103,6 +107,14 @@ impl RetryPolicy {
                 return Err(error);
             };
             if made >= self.max_attempts {
+                return Err(error);
+            }
+            if let Some(after) = advice.after.filter(|after| *after > self.max_retry_wait) {
+                // The caller is told to wait instead, and the facade's place is freed now.
+                tracing::debug!(
+                    ?after,
+                    "no retry: Retry-After is longer than the facade waits"
+                );
                 return Err(error);
             }
             let delay = advice.after.unwrap_or_else(|| self.backoff(made));
@@ -146,5 +158,68 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..50).map(|_| policy.backoff(3)).collect();
         assert!(spread.len() > 10, "delays are not jittered");
+    }
+
+    /// A failure whose `Retry-After` is `after`.
+    #[derive(Debug)]
+    struct Throttled {
+        after: Duration,
+    }
+
+    impl std::fmt::Display for Throttled {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "throttled for {:?}", self.after)
+        }
+    }
+
+    impl Retryable for Throttled {
+        fn retry_advice(&self) -> Option<RetryAdvice> {
+            Some(RetryAdvice {
+                after: Some(self.after),
+            })
+        }
+    }
+
+    /// How many attempts a call throttled with `after` makes under `max_retry_wait`, with
+    /// a minute of deadline.
+    async fn attempts_when_throttled(after: Duration, max_retry_wait: Duration) -> u32 {
+        let config = ResilienceConfig {
+            max_retry_wait,
+            ..ResilienceConfig::default()
+        };
+        let policy = RetryPolicy::new(&config);
+        let budget = RetryBudget::new(&config, "test", Counter::noop());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut made = 0;
+        let outcome: Result<(), Throttled> = policy
+            .run(&budget, deadline, || {
+                made += 1;
+                async move { Err(Throttled { after }) }
+            })
+            .await;
+        assert!(outcome.is_err());
+        made
+    }
+
+    #[tokio::test]
+    async fn retry_after_longer_than_the_longest_wait_is_not_waited() {
+        let longest = Duration::from_millis(20);
+        let beyond = longest + Duration::from_millis(1);
+        assert_eq!(attempts_when_throttled(beyond, longest).await, 1);
+        assert_eq!(
+            attempts_when_throttled(Duration::from_secs(7), longest).await,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_up_to_the_longest_wait_is_waited() {
+        let longest = Duration::from_millis(20);
+        let attempts = ResilienceConfig::default().max_attempts;
+        assert_eq!(attempts_when_throttled(longest, longest).await, attempts);
+        assert_eq!(
+            attempts_when_throttled(Duration::ZERO, longest).await,
+            attempts
+        );
     }
 }

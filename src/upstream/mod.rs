@@ -277,13 +277,15 @@ impl Retryable for UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether this failure counts toward opening the host's circuit: the host, not the
-    /// request, is at fault (no answer, 408 or 5xx).
+    /// Whether this failure counts toward opening the host's circuit: only failures of the
+    /// host itself (no complete answer: connect errors, attempt timeouts, lost connections;
+    /// or 502, 503, 504, 408). A 500, a 501 or any other 4xx or 5xx can be provoked by a
+    /// caller's input, so counting it would let one caller open the circuit for everyone.
     fn counts_against_host(&self) -> bool {
         match self {
             Self::Transport { .. } => true,
             Self::Status(failure) => {
-                failure.http_status.is_server_error() || failure.http_status.as_u16() == 408
+                matches!(failure.http_status.as_u16(), 408 | 502 | 503 | 504)
             }
             Self::CircuitOpen { .. } | Self::Malformed { .. } => false,
         }
@@ -513,17 +515,23 @@ fn classify(error: &reqwest::Error) -> TransportFailure {
     }
 }
 
-/// Reads `Retry-After` as delay-seconds or an HTTP date, as a duration from now.
+/// The longest `Retry-After` taken from an upstream; a longer one is cut to this. Whatever
+/// the upstream sends, the delay can then be added to an `Instant` or a `SystemTime`, and
+/// turned into a RetryInfo, without overflow.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Reads `Retry-After` as delay-seconds or an HTTP date, as a duration from now, at most
+/// [`MAX_RETRY_AFTER`]. Delay-seconds too large for a `u64` count as the maximum.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(text).ok()?;
-    Some(
+    let delay = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(text).ok()?;
         at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -554,6 +562,58 @@ mod tests {
         let past = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH);
         assert_eq!(retry_after(&headers(&past)), Some(Duration::ZERO));
         assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&headers("-5")), None);
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_is_clamped_to_a_day() {
+        for absurd in [
+            "86401",
+            "18446744073709551615",
+            "99999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            let delay = retry_after(&headers(absurd)).unwrap();
+            assert_eq!(delay, MAX_RETRY_AFTER, "{absurd}");
+            // What callers of `retry_after` do with it must not overflow.
+            let _ = Instant::now() + delay;
+            let _ = SystemTime::now() + delay;
+        }
+        assert_eq!(
+            retry_after(&headers("86400")),
+            Some(Duration::from_secs(86400))
+        );
+    }
+
+    fn failure(http_status: u16) -> UpstreamError {
+        UpstreamError::Status(Box::new(StatusFailure {
+            host: "store.example".into(),
+            http_status: StatusCode::from_u16(http_status).unwrap(),
+            ids: UpstreamIds::default(),
+            retry_after: None,
+            body: ErrorBody::parse(b""),
+        }))
+    }
+
+    #[test]
+    fn only_failures_of_the_host_count_against_its_circuit() {
+        for status in [408, 502, 503, 504] {
+            assert!(failure(status).counts_against_host(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 409, 412, 429, 500, 501, 505, 599] {
+            assert!(!failure(status).counts_against_host(), "{status}");
+        }
+        for kind in [
+            TransportFailure::Connect,
+            TransportFailure::Timeout,
+            TransportFailure::ConnectionLost,
+        ] {
+            let error = UpstreamError::Transport {
+                host: "store.example".into(),
+                kind,
+            };
+            assert!(error.counts_against_host(), "{kind:?}");
+        }
     }
 }
