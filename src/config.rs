@@ -10,7 +10,7 @@ use enum_map::EnumMap;
 use reqwest::Url;
 use secrecy::SecretString;
 
-use crate::auth::{CredentialSource, Credentials, TenantId};
+use crate::auth::{AllowedTenants, CredentialSource, Credentials, TenantId};
 use crate::resilience::ResilienceConfig;
 pub use crate::telemetry::LogFormat;
 use crate::upstream::Host;
@@ -59,6 +59,19 @@ pub struct ServeArgs {
     /// anyway (e.g. `25s`, `500ms`); keep it below the pod's termination grace period.
     #[arg(long, env = "MSSTORE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// On SIGTERM/SIGINT, how long health reports NOT_SERVING (and `/readyz` 503) while new
+    /// calls are still accepted, so that load balancers stop sending before the listener
+    /// closes (e.g. `5s`); the --shutdown-grace drain starts after it.
+    #[arg(long, env = "MSSTORE_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// Comma-separated tenants (GUIDs or domain names) a call may name in `tenant_id`, or `*`
+    /// for any; a call naming another gets PERMISSION_DENIED `TENANT_NOT_ALLOWED` [default:
+    /// only AZURE_TENANT_ID, so with no credential configured no tenant may be named; `*` with
+    /// --sandbox]. AZURE_TENANT_ID is always allowed.
+    #[arg(long, env = "MSSTORE_ALLOWED_TENANTS", value_name = "TENANTS")]
+    pub allowed_tenants: Option<String>,
 
     /// Retries, circuit breaking, load shedding and HTTP/2 limits.
     #[command(flatten)]
@@ -177,6 +190,10 @@ pub struct Settings {
     pub resilience: ResilienceConfig,
     /// How long calls in flight may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long calls are still accepted after a shutdown signal, health NOT_SERVING.
+    pub drain_delay: Duration,
+    /// The tenants a call may name, besides the configured one.
+    pub allowed_tenants: AllowedTenants,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -228,6 +245,15 @@ impl Settings {
                 "--max-request-bytes (MSSTORE_MAX_REQUEST_BYTES) must be above 0".into(),
             ));
         }
+        let allowed_tenants = match cli.allowed_tenants.as_deref() {
+            Some(list) => AllowedTenants::parse(list).map_err(|e| {
+                ConfigError(format!(
+                    "--allowed-tenants (MSSTORE_ALLOWED_TENANTS) {list:?}: {e}"
+                ))
+            })?,
+            None if cli.sandbox => AllowedTenants::Any,
+            None => AllowedTenants::default(),
+        };
         let mut upstreams = EnumMap::from_fn(|host: Host| {
             Url::parse(host.default_url()).expect("Microsoft's base URLs parse")
         });
@@ -250,6 +276,8 @@ impl Settings {
             max_request_bytes: cli.max_request_bytes,
             resilience: cli.resilience,
             shutdown_grace: cli.shutdown_grace,
+            drain_delay: cli.drain_delay,
+            allowed_tenants,
             log_format: cli.log_format,
         })
     }
@@ -266,6 +294,8 @@ impl Settings {
             max_request_bytes: 1024 * 1024,
             resilience: ResilienceConfig::default(),
             shutdown_grace: Duration::from_secs(25),
+            drain_delay: Duration::ZERO,
+            allowed_tenants: AllowedTenants::default(),
             log_format: LogFormat::Text,
         })
     }
@@ -273,11 +303,15 @@ impl Settings {
 
 impl Settings {
     /// These settings pointed at the sandbox emulator: every upstream URL, the authority and
-    /// the credentials are replaced by the emulator's.
+    /// the credentials are replaced by the emulator's, and an allow-list left at its default
+    /// becomes `*` (the sandbox serves any tenant).
     pub fn with_sandbox(mut self, sandbox: SandboxUpstreams) -> Result<Self, ConfigError> {
         let tenant_id = TenantId::parse(&sandbox.tenant_id)
             .map_err(|_| ConfigError(format!("sandbox tenant {:?}", sandbox.tenant_id)))?;
         self.upstreams = sandbox.upstreams;
+        if self.allowed_tenants == AllowedTenants::default() {
+            self.allowed_tenants = AllowedTenants::Any;
+        }
         self.authority_host = sandbox.authority_host;
         self.credentials = Some(Credentials {
             tenant_id,
@@ -445,5 +479,74 @@ mod tests {
         let settings = Settings::from_cli(cli(&[]), azure).unwrap();
         assert!(settings.credentials.is_some());
         assert_eq!(settings.grpc_addr.port(), 50051);
+    }
+
+    #[test]
+    fn allowed_tenants_default_to_the_configured_one_and_to_any_in_the_sandbox() {
+        let normal = Settings::from_cli(cli(&[]), AzureEnv::default()).unwrap();
+        assert_eq!(normal.allowed_tenants, AllowedTenants::Only(vec![]));
+        let sandbox = Settings::from_cli(cli(&["--sandbox"]), AzureEnv::default()).unwrap();
+        assert_eq!(sandbox.allowed_tenants, AllowedTenants::Any);
+        let narrowed = cli(&["--sandbox", "--allowed-tenants", "contoso.com"]);
+        let narrowed = Settings::from_cli(narrowed, AzureEnv::default()).unwrap();
+        assert!(!narrowed
+            .allowed_tenants
+            .allows(&TenantId::parse("fabrikam.com").unwrap()));
+    }
+
+    #[test]
+    fn allowed_tenants_parse_guids_domains_and_star_case_insensitively() {
+        let list = cli(&[
+            "--allowed-tenants",
+            "Contoso.onmicrosoft.com, 72F988BF-86F1-41AF-91AB-2D7CD011DB47",
+        ]);
+        let allowed = Settings::from_cli(list, AzureEnv::default())
+            .unwrap()
+            .allowed_tenants;
+        for tenant in [
+            "contoso.onmicrosoft.com",
+            "CONTOSO.onmicrosoft.com",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ] {
+            assert!(
+                allowed.allows(&TenantId::parse(tenant).unwrap()),
+                "{tenant}"
+            );
+        }
+        assert!(!allowed.allows(&TenantId::parse("fabrikam.onmicrosoft.com").unwrap()));
+        let any = cli(&["--allowed-tenants", "*"]);
+        let any = Settings::from_cli(any, AzureEnv::default()).unwrap();
+        assert_eq!(any.allowed_tenants, AllowedTenants::Any);
+    }
+
+    #[test]
+    fn bad_allowed_tenants_name_the_flag_and_the_entry() {
+        for bad in [
+            "",
+            "contoso.com,,fabrikam.com",
+            "not a tenant",
+            "*,contoso.com",
+        ] {
+            let err = Settings::from_cli(cli(&["--allowed-tenants", bad]), AzureEnv::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--allowed-tenants"), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "{bad:?}: {err}");
+        }
+        let err = Settings::from_cli(
+            cli(&["--allowed-tenants", "contoso.com,not a tenant"]),
+            AzureEnv::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"not a tenant\""), "{err}");
+    }
+
+    #[test]
+    fn drain_delay_defaults_to_zero_and_parses_humantime() {
+        let normal = Settings::from_cli(cli(&[]), AzureEnv::default()).unwrap();
+        assert_eq!(normal.drain_delay, Duration::ZERO);
+        let delayed = Settings::from_cli(cli(&["--drain-delay", "5s"]), AzureEnv::default());
+        assert_eq!(delayed.unwrap().drain_delay, Duration::from_secs(5));
     }
 }

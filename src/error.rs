@@ -10,7 +10,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::auth::TokenError;
+use crate::auth::{TenantId, TokenError};
 use crate::resilience::retry::{RetryAdvice, Retryable};
 use crate::upstream::{TransportFailure, UpstreamError, UpstreamIds};
 
@@ -74,6 +74,12 @@ pub enum ApiError {
         reason: &'static str,
         /// One entry per bad field.
         violations: Vec<Violation>,
+    },
+    /// The call names a tenant outside `--allowed-tenants`.
+    #[error("the facade may not act for tenant {tenant}")]
+    TenantNotAllowed {
+        /// The tenant the call named.
+        tenant: TenantId,
     },
     /// No token could be had.
     #[error(transparent)]
@@ -240,6 +246,12 @@ fn map(error: ApiError) -> Mapped {
             mapped.violations = violations;
             mapped
         }
+        ApiError::TenantNotAllowed { tenant } => Mapped::facade(
+            Code::PermissionDenied,
+            "TENANT_NOT_ALLOWED",
+            format!("tenant_id {tenant} is not among the tenants this facade may act for"),
+        )
+        .with_info("tenant_id", tenant),
         ApiError::Token(error) => map_token(&error),
         ApiError::Upstream { mapping, error } => map_upstream(mapping, *error),
         ApiError::DeadlineExceeded { budget } => Mapped::facade(

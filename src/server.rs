@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminState;
+use crate::api::validation::Tenants;
 use crate::api::{Arrival, Backends, CallDeadlines, CallLimiter};
 use crate::auth::TokenProvider;
 use crate::config::Settings;
@@ -57,6 +58,10 @@ pub fn backends(settings: &Settings) -> Backends {
         limiter,
         deadlines: CallDeadlines::new(resilience),
         metrics,
+        tenants: Arc::new(Tenants::new(
+            settings.credentials.as_ref().map(|c| c.tenant_id.clone()),
+            settings.allowed_tenants.clone(),
+        )),
     }
 }
 
@@ -68,7 +73,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves gRPC on `listener`, and the admin endpoints (`/metrics`, `/healthz`, `/readyz`) on
 /// `admin` when given, until `shutdown` completes; then health turns NOT_SERVING (and
-/// `/readyz` 503), new connections are refused and calls in flight get
+/// `/readyz` 503) at once, calls are still accepted for `settings.drain_delay` (load
+/// balancers take a while to notice), then new connections are refused and calls in flight get
 /// `settings.shutdown_grace` to finish (long-lived streams such as health `Watch` would
 /// otherwise hold the process forever).
 pub async fn serve(
@@ -105,7 +111,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let grace = settings.shutdown_grace;
+    let (grace, drain_delay) = (settings.shutdown_grace, settings.drain_delay);
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
@@ -114,6 +120,13 @@ pub async fn serve(
             health
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
+        }
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ?drain_delay,
+                "shutting down: health NOT_SERVING, still accepting calls"
+            );
+            tokio::time::sleep(drain_delay).await;
         }
         tracing::info!(
             ?grace,

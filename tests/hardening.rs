@@ -281,3 +281,98 @@ async fn renewed_keys_with_absurd_dates_are_answered_with_valid_timestamps() {
         assert_eq!(Harness::requests(&h.collections).await.len(), 1, "{case}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Token discipline: a caller cannot churn the facade's tokens, nor abort a token request.
+
+/// A facade that never retries transient failures, with a token endpoint issuing hour tokens.
+async fn with_tokens() -> Harness {
+    let h = Harness::builder()
+        .resilience(|r| r.max_attempts = 1)
+        .start()
+        .await;
+    h.mount_token(3599).await;
+    h
+}
+
+#[tokio::test]
+async fn store_401s_force_a_new_token_at_most_once_a_minute() {
+    for_every_operation(|op| async move {
+        let h = with_tokens().await;
+        op.mount(
+            &h,
+            ResponseTemplate::new(401)
+                .set_body_json(service_error("Unauthorized", "AuthenticationTokenInvalid")),
+        )
+        .await;
+        for variant in 0..20 {
+            let reason = fails_with(op, &h, variant, Code::Unauthenticated).await;
+            assert_eq!(reason, "AUTHENTICATION_TOKEN_INVALID", "{op:?}");
+        }
+        // Only the first 401 of the minute is retried, with a fresh token.
+        assert_eq!(
+            Harness::requests(op.store(&h)).await.len(),
+            20 + 1,
+            "{op:?}"
+        );
+        assert_eq!(h.token_requests().await.len(), 2, "{op:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_entra_rejection_is_remembered_for_the_tenant() {
+    for_every_operation(|op| async move {
+        let h = Harness::builder().start().await;
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
+            .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+                "error": "invalid_client",
+                "error_codes": [7000215],
+            })))
+            .mount(&h.token)
+            .await;
+        for variant in 0..20 {
+            let reason = fails_with(op, &h, variant, Code::Internal).await;
+            assert_eq!(reason, "TOKEN_REQUEST_REJECTED", "{op:?}");
+        }
+        assert_eq!(h.token_requests().await.len(), 1, "{op:?}");
+        assert!(Harness::requests(op.store(&h)).await.is_empty(), "{op:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn callers_that_give_up_do_not_abort_the_token_request() {
+    for_every_operation(|op| async move {
+        let h = Harness::builder().start().await;
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_delay(Duration::from_millis(500))
+                    .set_body_json(json!({
+                        "token_type": "Bearer",
+                        "expires_in": 3599,
+                        "access_token": format!("{TOKEN_PREFIX}-1"),
+                    })),
+            )
+            .mount(&h.token)
+            .await;
+        op.mount(&h, op.ok()).await;
+        let impatient = (0..10).map(|variant| {
+            (op.call)(
+                h.facade.channel.clone(),
+                Some(Duration::from_millis(50)),
+                variant,
+            )
+        });
+        let given_up = futures_util::future::join_all(impatient).await;
+        assert!(given_up.iter().all(Result::is_err), "{op:?}: {given_up:?}");
+        (op.call)(h.facade.channel.clone(), Some(Duration::from_secs(10)), 10)
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: the late caller must succeed: {s:?}"));
+        assert_eq!(h.token_requests().await.len(), 1, "{op:?}");
+    })
+    .await;
+}

@@ -483,6 +483,8 @@ fn schema_rejects_wrong_types_and_unknown_values() {
         "config.logFormat=xml",
         "config.maxAttempts=0",
         "config.shutdownGrace=soon",
+        "config.drainDelay=soon",
+        "config.allowedTenants=evil.com/path",
         "autoscaling.enabled=sometimes",
         "credentials.tenantId=not a tenant",
         "replicas=3",
@@ -633,15 +635,45 @@ fn termination_grace_period_exceeds_the_facade_drain() {
         let spec = &one(&objects, "Deployment")["spec"]["template"]["spec"];
         spec["terminationGracePeriodSeconds"].as_i64().unwrap()
     };
-    assert_eq!(grace(&[]), 30, "25s drain + 5 s");
-    assert_eq!(grace(&["--set", "config.shutdownGrace=1m"]), 65);
-    assert_eq!(grace(&["--set", "config.shutdownGrace=500ms"]), 6);
-    assert_eq!(grace(&["--set", "terminationGracePeriodSeconds=26"]), 26);
-    let error = try_template(&["--set", "terminationGracePeriodSeconds=25"])
-        .expect_err("a grace period not above the drain");
+    let defaults = render(&[]);
+    let data = &one(&defaults, "ConfigMap")["data"];
+    assert_eq!(data["MSSTORE_DRAIN_DELAY"], "5s", "the chart's drain delay");
     assert!(
-        error.contains("must exceed config.shutdownGrace"),
-        "{error}"
+        data.get("MSSTORE_ALLOWED_TENANTS").is_none(),
+        "the binary's default"
+    );
+    assert_eq!(grace(&[]), 35, "5s drain delay + 25s drain + 5 s");
+    assert_eq!(grace(&["--set", "config.shutdownGrace=1m"]), 70);
+    assert_eq!(grace(&["--set", "config.shutdownGrace=500ms"]), 11);
+    assert_eq!(
+        grace(&["--set", "config.drainDelay=0s,config.shutdownGrace=500ms"]),
+        6
+    );
+    assert_eq!(grace(&["--set", "config.drainDelay=1m"]), 90);
+    assert_eq!(grace(&["--set", "terminationGracePeriodSeconds=31"]), 31);
+    for (args, what) in [
+        (
+            "terminationGracePeriodSeconds=30",
+            "not above delay + drain",
+        ),
+        (
+            "terminationGracePeriodSeconds=26,config.drainDelay=1s",
+            "not above a 1s delay + drain",
+        ),
+    ] {
+        let error = try_template(&["--set", args]).expect_err(what);
+        assert!(
+            error.contains("must exceed config.drainDelay (")
+                && error.contains("config.shutdownGrace"),
+            "{what}: {error}"
+        );
+    }
+    assert_eq!(
+        grace(&[
+            "--set",
+            "terminationGracePeriodSeconds=27,config.drainDelay=1s"
+        ]),
+        27
     );
 }
 

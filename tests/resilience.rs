@@ -166,7 +166,7 @@ async fn token_server() -> MockServer {
 }
 
 /// A facade whose three Store hosts are `store_base`, with client-secret credentials, a token
-/// endpoint serving any tenant, and resilience settings changed by `tweak`.
+/// endpoint serving any tenant, any tenant allowed, and resilience settings changed by `tweak`.
 async fn facade_at(
     store_base: &str,
     tweak: impl FnOnce(&mut ResilienceConfig),
@@ -179,6 +179,7 @@ async fn facade_at(
         client_id: CLIENT_ID.to_owned(),
         source: CredentialSource::ClientSecret(SecretString::from(CLIENT_SECRET)),
     });
+    settings.allowed_tenants = msstore_facade::auth::AllowedTenants::Any;
     tweak(&mut settings.resilience);
     (token, Facade::start(settings).await)
 }

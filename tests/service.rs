@@ -525,3 +525,156 @@ fn the_operation_table_has_a_row_for_every_served_method_and_no_other() {
         "tests/common/operations.rs must follow the registry"
     );
 }
+
+/// A facade with the default allow-list (only the configured tenant) and working upstreams.
+async fn facade_allowing(allowed: msstore_facade::auth::AllowedTenants, op: &Op) -> Harness {
+    let h = Harness::builder().allowed_tenants(allowed).start().await;
+    h.mount_token(3599).await;
+    op.mount(&h, ResponseTemplate::new(200).set_body_json((op.ok_body)()))
+        .await;
+    h
+}
+
+#[tokio::test]
+async fn a_call_naming_a_tenant_outside_the_allow_list_is_denied_without_a_token_request() {
+    for op in OPERATIONS {
+        let Some(call_for_tenant) = op.call_for_tenant else {
+            continue;
+        };
+        let h = facade_allowing(Default::default(), op).await;
+        for other in [
+            "fabrikam.onmicrosoft.com",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ] {
+            let status = call_for_tenant(h.facade.channel.clone(), other)
+                .await
+                .expect_err("another tenant is refused");
+            assert_eq!(
+                status.code(),
+                tonic::Code::PermissionDenied,
+                "{op:?}: {status:?}"
+            );
+            let info = error_info(&status);
+            assert_eq!(info.reason, "TENANT_NOT_ALLOWED", "{op:?}");
+            assert_eq!(info.domain, "msstore-facade", "{op:?}");
+        }
+        assert!(h.token_requests().await.is_empty(), "{op:?}");
+        assert!(Harness::requests(op.store(&h)).await.is_empty(), "{op:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_call_naming_the_configured_tenant_is_served_under_the_default_allow_list() {
+    for op in OPERATIONS {
+        let Some(call_for_tenant) = op.call_for_tenant else {
+            continue;
+        };
+        let h = facade_allowing(Default::default(), op).await;
+        // Tenants compare case-insensitively.
+        for tenant in [TENANT, "CONTOSO.onmicrosoft.com"] {
+            call_for_tenant(h.facade.channel.clone(), tenant)
+                .await
+                .unwrap_or_else(|s| panic!("{op:?} {tenant}: {s:?}"));
+        }
+        let paths: Vec<String> = h
+            .token_requests()
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(paths, [format!("/{TENANT}/oauth2/v2.0/token")], "{op:?}");
+    }
+}
+
+#[tokio::test]
+async fn with_any_tenant_allowed_a_call_may_name_any_tenant() {
+    for op in OPERATIONS {
+        let Some(call_for_tenant) = op.call_for_tenant else {
+            continue;
+        };
+        let any = msstore_facade::auth::AllowedTenants::parse("*").unwrap();
+        let h = facade_allowing(any, op).await;
+        call_for_tenant(h.facade.channel.clone(), "fabrikam.onmicrosoft.com")
+            .await
+            .unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        let paths: Vec<String> = h
+            .token_requests()
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(
+            paths,
+            ["/fabrikam.onmicrosoft.com/oauth2/v2.0/token"],
+            "{op:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_credentials_a_named_tenant_is_refused_by_default() {
+    let h = Harness::builder()
+        .credential(Credential::None)
+        .allowed_tenants(Default::default())
+        .start()
+        .await;
+    for op in OPERATIONS {
+        let Some(call_for_tenant) = op.call_for_tenant else {
+            continue;
+        };
+        let status = call_for_tenant(h.facade.channel.clone(), TENANT)
+            .await
+            .expect_err("no tenant is allowed");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{op:?}");
+        assert_eq!(error_info(&status).reason, "TENANT_NOT_ALLOWED", "{op:?}");
+    }
+    assert!(h.token_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn during_the_drain_delay_health_is_not_serving_but_new_calls_are_served() {
+    const DELAY: Duration = Duration::from_secs(1);
+    let mut h = Harness::builder().drain_delay(DELAY).start().await;
+    h.mount_token(3599).await;
+    h.mount_license(ResponseTemplate::new(200).set_body_json(license_body()))
+        .await;
+    let mut health = HealthClient::new(h.facade.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let began = std::time::Instant::now();
+    h.facade.begin_shutdown();
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    assert!(began.elapsed() < DELAY, "health turns at once");
+
+    // A new connection and a new call, within the delay, are still served.
+    let channel = Channel::from_shared(format!("http://{}", h.facade.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the listener still accepts");
+    let mut client =
+        msstore_facade::proto::msstore::v1::store_entitlements_client::StoreEntitlementsClient::new(
+            channel,
+        );
+    let answer = client.get_offline_license(license_request()).await;
+    assert!(began.elapsed() < DELAY, "the call ran within the delay");
+    assert!(answer.is_ok(), "a call within the drain delay: {answer:?}");
+
+    drop(watch);
+    tokio::time::timeout(Duration::from_secs(30), h.facade.stopped())
+        .await
+        .expect("the server stops after the delay")
+        .unwrap();
+    assert!(began.elapsed() >= DELAY, "not before the delay");
+}

@@ -19,6 +19,7 @@ use crate::auth::TokenProvider;
 use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::StoreClient;
+use validation::Tenants;
 
 /// What every pipeline shares (cheap to clone).
 #[derive(Clone)]
@@ -35,4 +36,6 @@ pub struct Backends {
     pub deadlines: CallDeadlines,
     /// The instance's metrics.
     pub metrics: Arc<Metrics>,
+    /// The tenants calls may act for.
+    pub tenants: Arc<Tenants>,
 }

@@ -6,6 +6,7 @@ use std::hash::Hash;
 
 use reqwest::header::HeaderValue;
 
+use super::validation::Tenants;
 use crate::auth::{AccessToken, TenantId};
 use crate::error::{ApiError, ErrorMapping};
 use crate::telemetry::otel::Route;
@@ -38,12 +39,9 @@ pub trait Operation: Send + Sync + 'static {
     const COALESCE: bool = false;
 
     /// Checks the request before anything else happens; INVALID_ARGUMENT with one
-    /// BadRequest violation per bad field. `default_tenant` is the facade's configured tenant
-    /// (`None` without credentials), for operations that act for a tenant.
-    fn validate(
-        request: Self::Request,
-        default_tenant: Option<&TenantId>,
-    ) -> Result<Self::Prepared, ApiError>;
+    /// BadRequest violation per bad field. `tenants` is the facade's tenant policy, for
+    /// operations that act for a tenant ([`super::validation::acting_tenant`]).
+    fn validate(request: Self::Request, tenants: &Tenants) -> Result<Self::Prepared, ApiError>;
 
     /// The Store host the request goes to; its retry budget and circuit apply.
     fn host(prepared: &Self::Prepared) -> Host;

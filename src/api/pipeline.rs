@@ -45,7 +45,7 @@ impl<Op: Operation> Pipeline<Op> {
     ) -> Result<Response<Op::Response>, Status> {
         let backends = &self.backends;
         let (call, message) = CallContext::begin(&self.rpc, request, backends.deadlines);
-        let prepared = match Op::validate(message, backends.tokens.default_tenant()) {
+        let prepared = match Op::validate(message, &backends.tenants) {
             Ok(prepared) => prepared,
             Err(error) => return call.finish(&self.metrics, Err(error)),
         };
@@ -130,7 +130,8 @@ async fn send<Op: Operation>(
 
 /// Sends with the facade's own token for `tenant`. When the Store answers 401 the token is
 /// dropped from the cache (another call may have renewed it already) and the call is sent
-/// once more with a fresh token.
+/// once more with a fresh token, unless a 401 forced a new token for `tenant` within the last
+/// minute: then the 401 goes back to the caller at once (contract, section 6).
 async fn with_own_token<T, Fut>(
     tokens: &TokenProvider,
     tenant: Option<&TenantId>,
@@ -143,8 +144,10 @@ where
     let token = tokens.token(tenant).await.map_err(ApiError::Token)?;
     match send(token.clone()).await {
         Err(error) if error.is_upstream_unauthorized() => {
+            if !tokens.renew_after_rejection(tenant, &token).await {
+                return Err(error);
+            }
             attempts.record_upstream_status(error.upstream_http_status());
-            tokens.invalidate(tenant, &token).await;
             let fresh = tokens.token(tenant).await.map_err(ApiError::Token)?;
             send(fresh).await
         }

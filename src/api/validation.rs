@@ -1,6 +1,6 @@
 //! Local validation: every request is checked before any upstream call.
 
-use crate::auth::TenantId;
+use crate::auth::{AllowedTenants, TenantId};
 use crate::error::{ApiError, Violation};
 
 /// Longest accepted Store id, in bytes.
@@ -10,15 +10,40 @@ pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 /// `ErrorInfo.reason` of local validation failures.
 pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
 
-/// The tenant a call acts for: the one it names, else the facade's configured tenant; with
-/// neither, UNAUTHENTICATED `SERVICE_TICKET_REQUIRED`, before any call.
-pub fn acting_tenant(
-    named: Option<TenantId>,
-    configured: Option<&TenantId>,
-) -> Result<TenantId, ApiError> {
-    named
-        .or_else(|| configured.cloned())
-        .ok_or_else(|| ApiError::Token(std::sync::Arc::new(crate::auth::TokenError::NotConfigured)))
+/// Which tenants calls act for: the facade's configured tenant (`AZURE_TENANT_ID`), and the
+/// others a call may name (`--allowed-tenants`).
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    configured: Option<TenantId>,
+    allowed: AllowedTenants,
+}
+
+impl Tenants {
+    /// The policy of a facade configured for `configured` (`None` without credentials).
+    pub fn new(configured: Option<TenantId>, allowed: AllowedTenants) -> Self {
+        Self {
+            configured,
+            allowed,
+        }
+    }
+}
+
+/// The tenant a call acts for: the one it names, else the facade's configured tenant. A named
+/// tenant that is neither the configured one nor allowed is PERMISSION_DENIED
+/// `TENANT_NOT_ALLOWED`; with no tenant at all, UNAUTHENTICATED `SERVICE_TICKET_REQUIRED`.
+/// Either before any token request.
+pub fn acting_tenant(named: Option<TenantId>, tenants: &Tenants) -> Result<TenantId, ApiError> {
+    match named {
+        Some(tenant)
+            if tenants.configured.as_ref() == Some(&tenant) || tenants.allowed.allows(&tenant) =>
+        {
+            Ok(tenant)
+        }
+        Some(tenant) => Err(ApiError::TenantNotAllowed { tenant }),
+        None => tenants.configured.clone().ok_or_else(|| {
+            ApiError::Token(std::sync::Arc::new(crate::auth::TokenError::NotConfigured))
+        }),
+    }
 }
 
 /// Collects violations of one request.
@@ -107,6 +132,36 @@ mod tests {
             }
             Err(other) => panic!("{other:?}"),
         }
+    }
+
+    fn tenant(text: &str) -> TenantId {
+        TenantId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_named_tenant_must_be_the_configured_one_or_allowed() {
+        let only_configured = Tenants::new(Some(tenant("contoso.com")), AllowedTenants::default());
+        let named = |t: &str| acting_tenant(Some(tenant(t)), &only_configured);
+        assert_eq!(named("CONTOSO.com").unwrap(), tenant("contoso.com"));
+        assert!(matches!(
+            named("fabrikam.com"),
+            Err(ApiError::TenantNotAllowed { .. })
+        ));
+        assert_eq!(
+            acting_tenant(None, &only_configured).unwrap(),
+            tenant("contoso.com")
+        );
+
+        let listed = Tenants::new(None, AllowedTenants::Only(vec![tenant("fabrikam.com")]));
+        assert!(acting_tenant(Some(tenant("fabrikam.com")), &listed).is_ok());
+        assert!(acting_tenant(Some(tenant("contoso.com")), &listed).is_err());
+        assert!(matches!(
+            acting_tenant(None, &listed),
+            Err(ApiError::Token(_))
+        ));
+
+        let any = Tenants::new(None, AllowedTenants::Any);
+        assert!(acting_tenant(Some(tenant("fabrikam.com")), &any).is_ok());
     }
 
     #[test]

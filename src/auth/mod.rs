@@ -5,5 +5,5 @@ mod tenant;
 mod token;
 
 pub use store_key::{key_audience, KeyClaims, KeyDecodeError};
-pub use tenant::{InvalidTenantId, TenantId};
+pub use tenant::{AllowedTenants, InvalidTenantId, TenantId};
 pub use token::{AccessToken, CredentialSource, Credentials, TokenError, TokenProvider};

@@ -35,6 +35,52 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The tenants a call may name in `tenant_id` (`--allowed-tenants`); the configured tenant
+/// (`AZURE_TENANT_ID`) is allowed whatever the list says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedTenants {
+    /// `*`: any tenant.
+    Any,
+    /// These tenants (none: only the configured one).
+    Only(Vec<TenantId>),
+}
+
+impl Default for AllowedTenants {
+    /// Only the configured tenant.
+    fn default() -> Self {
+        Self::Only(Vec::new())
+    }
+}
+
+impl AllowedTenants {
+    /// Parses a comma-separated list of GUIDs and domain names, or `*`; the error names the
+    /// first bad entry.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+        if entries == ["*"] {
+            return Ok(Self::Any);
+        }
+        entries
+            .into_iter()
+            .map(|entry| match entry {
+                "" => Err("an entry is empty".to_owned()),
+                "*" => Err("`*` stands alone, not in a list".to_owned()),
+                _ => TenantId::parse(entry).map_err(|error| format!("{entry:?} {error}")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Self::Only)
+    }
+
+    /// Whether `tenant` is on the list (tenants compare lower-cased, as [`TenantId`] stores
+    /// them).
+    pub fn allows(&self, tenant: &TenantId) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(tenants) => tenants.contains(tenant),
+        }
+    }
+}
+
 fn is_guid(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() == 36

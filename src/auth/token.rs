@@ -1,11 +1,19 @@
 //! The Entra ID token provider: client credentials (secret or federated assertion), tokens
 //! cached per tenant until shortly before they expire, one token request per cache miss no
 //! matter how many calls wait for it.
+//!
+//! Token discipline (contract, section 6): a token request runs in a task of its own, so a
+//! caller that gives up does not abort it; a rejection by Entra is remembered per tenant for
+//! [`REJECTION_MEMORY`]; a Store 401 may force a new token at most once per tenant per
+//! [`FORCED_RENEWAL_INTERVAL`].
 
+use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
@@ -13,6 +21,7 @@ use reqwest::header::HeaderValue;
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tokio::sync::{watch, Mutex};
 
 use super::TenantId;
 use crate::telemetry::metrics::{Metrics, TokenOutcome, UpstreamMetrics};
@@ -58,6 +67,12 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// endpoint claiming no lifetime cannot turn every call into a token request.
 pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 const MAX_TENANTS: u64 = 10_000;
+/// How long an Entra rejection (4xx) of a tenant's token request is remembered: calls naming
+/// that tenant meanwhile get the same rejection without a token request of their own.
+pub const REJECTION_MEMORY: Duration = Duration::from_secs(30);
+/// A Store 401 forces a new token at most once per tenant in this interval; further 401s in
+/// it go back to their callers without a retry, so callers cannot churn the facade's tokens.
+pub const FORCED_RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An Entra access token. It cannot be printed: `Debug` shows `[redacted]` and there is no
 /// `Display`; [`AccessToken::expose`] is the one way to read it, at the point of sending.
@@ -136,12 +151,33 @@ pub struct TokenProvider {
     inner: Arc<Inner>,
 }
 
+/// The outcome of a token request, shared by every caller waiting for it.
+type Fetched = Result<AccessToken, Arc<TokenError>>;
+
+/// A token request in flight: `None` until its task publishes the outcome.
+type Flight = watch::Receiver<Option<Fetched>>;
+
+/// What a token lookup found once it held the flight table.
+enum Lookup {
+    /// An outcome known already: a cached token or a remembered rejection.
+    Known(Fetched),
+    /// A token request to wait for; `joined` when another call started it.
+    Wait { flight: Flight, joined: bool },
+}
+
 struct Inner {
     http: reqwest::Client,
     authority: String,
     credentials: Option<Credentials>,
     timeout: Duration,
     cache: Cache<TenantId, AccessToken>,
+    /// Entra rejections, per tenant, for [`REJECTION_MEMORY`].
+    rejections: Cache<TenantId, Arc<TokenError>>,
+    /// Tenants whose token a Store 401 forced out within the last [`FORCED_RENEWAL_INTERVAL`].
+    forced_renewals: Cache<TenantId, ()>,
+    /// The token requests in flight. A request leaves this table only after its outcome is in
+    /// `cache` or `rejections`, so a lookup holding the table never starts a second one.
+    flights: Mutex<HashMap<TenantId, Flight>>,
     metrics: Arc<Metrics>,
     endpoint: UpstreamMetrics,
     host: String,
@@ -181,6 +217,9 @@ impl TokenProvider {
                 credentials,
                 timeout,
                 cache,
+                rejections: remembered_for(REJECTION_MEMORY),
+                forced_renewals: remembered_for(FORCED_RENEWAL_INTERVAL),
+                flights: Mutex::default(),
                 endpoint: metrics.upstream("entra", authority.host_str().unwrap_or_default()),
                 host: authority.host_str().unwrap_or_default().to_owned(),
                 metrics,
@@ -199,37 +238,90 @@ impl TokenProvider {
     }
 
     /// A token for `tenant` (the configured tenant when `None`), from the cache or from one
-    /// token request shared by every concurrent caller.
-    pub async fn token(&self, tenant: Option<&TenantId>) -> Result<AccessToken, Arc<TokenError>> {
+    /// token request shared by every concurrent caller. The request runs in a task of its
+    /// own: dropping this future (a caller's deadline, a cancel) leaves it running, and its
+    /// outcome goes to every caller waiting and into the cache.
+    pub async fn token(&self, tenant: Option<&TenantId>) -> Fetched {
         let tenant = tenant
             .or_else(|| self.default_tenant())
             .ok_or_else(|| Arc::new(TokenError::NotConfigured))?;
         let inner = &self.inner;
-        let mut requested = false;
-        let token = inner
-            .cache
-            .try_get_with_by_ref(tenant, async {
-                requested = true;
-                let fetched = inner.fetch(tenant).await;
-                inner.metrics.token_request(match &fetched {
-                    Ok(_) => TokenOutcome::Issued,
-                    Err(TokenError::Rejected { .. }) => TokenOutcome::Rejected,
-                    Err(_) => TokenOutcome::Failed,
-                });
-                fetched
-            })
-            .await;
-        if !requested && token.is_ok() {
+        if let Some(token) = inner.cache.get(tenant).await {
+            inner.metrics.token_cache_hit();
+            return Ok(token);
+        }
+        let (mut flight, joined) = match self.lookup(tenant).await {
+            Lookup::Known(known) => return known,
+            Lookup::Wait { flight, joined } => (flight, joined),
+        };
+        let fetched = match flight.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().expect("waited for an outcome"),
+            // The task ends only after publishing, so this is not expected; still, no panic.
+            Err(_) => Err(Arc::new(TokenError::Unavailable {
+                http_status: None,
+                retry_after: None,
+                cause: "the token request ended without an answer",
+            })),
+        };
+        if joined && fetched.is_ok() {
             inner.metrics.token_cache_hit();
         }
-        token
+        fetched
     }
 
-    /// Drops `rejected` from the cache, unless a newer token has replaced it already.
-    pub async fn invalidate(&self, tenant: Option<&TenantId>, rejected: &AccessToken) {
+    /// Under the flight table: the cached token, the remembered rejection, the request in
+    /// flight, or a new request started in a task of its own.
+    async fn lookup(&self, tenant: &TenantId) -> Lookup {
+        let inner = &self.inner;
+        let mut flights = inner.flights.lock().await;
+        if let Some(flight) = flights.get(tenant) {
+            return Lookup::Wait {
+                flight: flight.clone(),
+                joined: true,
+            };
+        }
+        // A request that ended since the first look stored its outcome before leaving.
+        if let Some(token) = inner.cache.get(tenant).await {
+            inner.metrics.token_cache_hit();
+            return Lookup::Known(Ok(token));
+        }
+        if let Some(rejection) = inner.rejections.get(tenant).await {
+            return Lookup::Known(Err(rejection));
+        }
+        let (publish, flight) = watch::channel(None);
+        flights.insert(tenant.clone(), flight.clone());
+        // The request's span stays a child of the call that started it.
+        let fly = Inner::fly(inner.clone(), tenant.clone(), publish);
+        tokio::spawn(tracing::Instrument::in_current_span(fly));
+        Lookup::Wait {
+            flight,
+            joined: false,
+        }
+    }
+
+    /// After a Store 401 on a call made with `rejected`: whether the call may be sent once
+    /// more. The first 401 of a tenant in [`FORCED_RENEWAL_INTERVAL`] drops `rejected` from
+    /// the cache (unless a newer token has replaced it already) and may retry; later ones in
+    /// that interval leave the cache alone and go back to their callers.
+    pub async fn renew_after_rejection(
+        &self,
+        tenant: Option<&TenantId>,
+        rejected: &AccessToken,
+    ) -> bool {
         let Some(tenant) = tenant.or_else(|| self.default_tenant()) else {
-            return;
+            return false;
         };
+        let claimed = self
+            .inner
+            .forced_renewals
+            .entry_by_ref(tenant)
+            .or_insert(())
+            .await
+            .is_fresh();
+        if !claimed {
+            tracing::debug!(tenant = %tenant, "token renewed by a 401 less than a minute ago; not again");
+            return false;
+        }
         self.inner
             .cache
             .entry_by_ref(tenant)
@@ -241,7 +333,16 @@ impl TokenProvider {
                 std::future::ready(op)
             })
             .await;
+        true
     }
+}
+
+/// A per-tenant memory whose entries are forgotten `interval` after they are stored.
+fn remembered_for<V: Clone + Send + Sync + 'static>(interval: Duration) -> Cache<TenantId, V> {
+    Cache::builder()
+        .max_capacity(MAX_TENANTS)
+        .time_to_live(interval)
+        .build()
 }
 
 #[derive(Deserialize)]
@@ -290,6 +391,35 @@ struct TokenErrorBody {
 }
 
 impl Inner {
+    /// One token request as a task of its own: counts it, stores its outcome (a token in the
+    /// cache, a rejection in the rejection memory), leaves the flight table, then publishes the
+    /// outcome to the callers waiting.
+    async fn fly(self: Arc<Self>, tenant: TenantId, publish: watch::Sender<Option<Fetched>>) {
+        let fetched = AssertUnwindSafe(self.fetch(&tenant))
+            .catch_unwind()
+            .await
+            .unwrap_or(Err(TokenError::Unavailable {
+                http_status: None,
+                retry_after: None,
+                cause: "the token request failed unexpectedly",
+            }));
+        self.metrics.token_request(match &fetched {
+            Ok(_) => TokenOutcome::Issued,
+            Err(TokenError::Rejected { .. }) => TokenOutcome::Rejected,
+            Err(_) => TokenOutcome::Failed,
+        });
+        let fetched = fetched.map_err(Arc::new);
+        match &fetched {
+            Ok(token) => self.cache.insert(tenant.clone(), token.clone()).await,
+            Err(error) if matches!(**error, TokenError::Rejected { .. }) => {
+                self.rejections.insert(tenant.clone(), error.clone()).await;
+            }
+            Err(_) => {}
+        }
+        self.flights.lock().await.remove(&tenant);
+        publish.send_replace(Some(fetched));
+    }
+
     /// One token request, in a client span when traces are exported.
     async fn fetch(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
         use tracing::Instrument;
@@ -518,5 +648,32 @@ mod tests {
         let body = br#"{"expires_in":60,"access_token":"very-secret-token"}"#;
         let token = token_from_answer(StatusCode::OK, None, body, Instant::now()).unwrap();
         assert!(!format!("{token:?}").contains("very-secret-token"));
+    }
+
+    fn provider() -> TokenProvider {
+        let authority = Url::parse("http://127.0.0.1:9").unwrap();
+        TokenProvider::new(
+            reqwest::Client::new(),
+            &authority,
+            None,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_401_forces_a_new_token_once_per_tenant_per_interval() {
+        let tokens = provider();
+        let body = br#"{"expires_in":3599,"access_token":"t"}"#;
+        let token = token_from_answer(StatusCode::OK, None, body, Instant::now()).unwrap();
+        let contoso = TenantId::parse("contoso.onmicrosoft.com").unwrap();
+        let fabrikam = TenantId::parse("fabrikam.onmicrosoft.com").unwrap();
+        assert!(tokens.renew_after_rejection(Some(&contoso), &token).await);
+        assert!(!tokens.renew_after_rejection(Some(&contoso), &token).await);
+        assert!(tokens.renew_after_rejection(Some(&fabrikam), &token).await);
+        assert!(
+            !tokens.renew_after_rejection(None, &token).await,
+            "no tenant, nothing to renew"
+        );
     }
 }

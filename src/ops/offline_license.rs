@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::api::validation::{self as checks, Checks};
+use crate::api::validation::{self as checks, Checks, Tenants};
 use crate::api::{Credential, Operation, Token};
 use crate::auth::TenantId;
 use crate::error::{ApiError, ErrorMapping};
@@ -73,10 +73,7 @@ impl Operation for GetOfflineLicense {
     const EXPECTED: &'static str = "an OfflineLicense with a licenseBlob";
     const COALESCE: bool = true;
 
-    fn validate(
-        request: Self::Request,
-        default_tenant: Option<&TenantId>,
-    ) -> Result<LicenseRequest, ApiError> {
+    fn validate(request: Self::Request, tenants: &Tenants) -> Result<LicenseRequest, ApiError> {
         let mut checks = Checks::default();
         checks.store_id("product_id", &request.product_id);
         checks.store_id("sku_id", &request.sku_id);
@@ -84,7 +81,7 @@ impl Operation for GetOfflineLicense {
         let tenant = checks.tenant("tenant_id", &request.tenant_id);
         checks.finish()?;
         Ok(LicenseRequest {
-            tenant: checks::acting_tenant(tenant, default_tenant)?,
+            tenant: checks::acting_tenant(tenant, tenants)?,
             product_id: request.product_id,
             sku_id: request.sku_id,
             content_id: request.content_id,

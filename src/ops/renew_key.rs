@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
-use crate::api::validation::Checks;
+use crate::api::validation::{Checks, Tenants};
 use crate::api::{Credential, Operation, Token};
-use crate::auth::{KeyClaims, KeyDecodeError, TenantId};
+use crate::auth::{KeyClaims, KeyDecodeError};
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
@@ -61,7 +61,7 @@ impl Operation for RenewKey {
     const EXPECTED: &'static str = "a JSON object with a key";
 
     /// A renewal acts for no tenant: the facade's own token is the configured tenant's.
-    fn validate(request: Self::Request, _: Option<&TenantId>) -> Result<Renewal, ApiError> {
+    fn validate(request: Self::Request, _: &Tenants) -> Result<Renewal, ApiError> {
         let mut checks = Checks::default();
         checks.credential("key", &request.key, true);
         checks.credential("service_ticket", &request.service_ticket, false);

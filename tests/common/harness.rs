@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use msstore_facade::auth::{CredentialSource, Credentials};
+use msstore_facade::auth::{AllowedTenants, CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::resilience::ResilienceConfig;
 use msstore_facade::upstream::Host;
@@ -40,6 +40,8 @@ pub struct HarnessBuilder {
     max_request_bytes: usize,
     upstream_timeout: Duration,
     shutdown_grace: Duration,
+    drain_delay: Duration,
+    allowed_tenants: AllowedTenants,
     resilience: Vec<ResilienceTweak>,
 }
 
@@ -50,6 +52,19 @@ impl HarnessBuilder {
     /// How long calls in flight may run after shutdown begins.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// How long calls are still accepted after shutdown begins.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// The tenants a call may name (the fixture's default is `*`, so that suites about other
+    /// things can name any tenant).
+    pub fn allowed_tenants(mut self, allowed: AllowedTenants) -> Self {
+        self.allowed_tenants = allowed;
         self
     }
 
@@ -95,6 +110,8 @@ impl HarnessBuilder {
         settings.max_request_bytes = self.max_request_bytes;
         settings.resilience.upstream_timeout = self.upstream_timeout;
         settings.shutdown_grace = self.shutdown_grace;
+        settings.drain_delay = self.drain_delay;
+        settings.allowed_tenants = self.allowed_tenants;
         for tweak in self.resilience {
             tweak(&mut settings.resilience);
         }
@@ -212,6 +229,8 @@ impl Harness {
             max_request_bytes: 1024 * 1024,
             upstream_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            allowed_tenants: AllowedTenants::Any,
             resilience: Vec::new(),
         }
     }

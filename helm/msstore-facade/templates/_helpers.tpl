@@ -80,17 +80,19 @@ An image reference from {registry, repository, tag, digest}; the digest wins ove
 {{- end }}
 
 {{/*
-config.shutdownGrace in whole seconds, rounded up ("500ms" -> 1, "25s" -> 25, "1m" -> 60).
+A duration value in whole seconds, rounded up ("500ms" -> 1, "25s" -> 25, "1m" -> 60); takes
+(list "config.name" value).
 */}}
-{{- define "msstore-facade.shutdownGraceSeconds" -}}
-{{- $grace := .Values.config.shutdownGrace }}
-{{- if not (regexMatch "^[0-9]+(ms|s|m)$" $grace) }}
-{{- fail (printf "config.shutdownGrace %q: use whole ms, s or m, e.g. 25s" $grace) }}
+{{- define "msstore-facade.durationSeconds" -}}
+{{- $name := index . 0 }}
+{{- $value := index . 1 | toString }}
+{{- if not (regexMatch "^[0-9]+(ms|s|m)$" $value) }}
+{{- fail (printf "%s %q: use whole ms, s or m, e.g. 25s" $name $value) }}
 {{- end }}
-{{- $n := regexFind "^[0-9]+" $grace | int }}
-{{- if hasSuffix "ms" $grace }}
+{{- $n := regexFind "^[0-9]+" $value | int }}
+{{- if hasSuffix "ms" $value }}
 {{- div (add $n 999) 1000 }}
-{{- else if hasSuffix "m" $grace }}
+{{- else if hasSuffix "m" $value }}
 {{- mul $n 60 }}
 {{- else }}
 {{- $n }}
@@ -98,17 +100,28 @@ config.shutdownGrace in whole seconds, rounded up ("500ms" -> 1, "25s" -> 25, "1
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: the explicit value, which must exceed the facade's drain, or
-the drain plus 5 s (time for the last answers to flush and the process to exit).
+The facade's whole shutdown in seconds: config.drainDelay (still accepting calls, health
+NOT_SERVING) then config.shutdownGrace (finishing calls in flight).
+*/}}
+{{- define "msstore-facade.shutdownSeconds" -}}
+{{- $delay := include "msstore-facade.durationSeconds" (list "config.drainDelay" .Values.config.drainDelay) | int }}
+{{- $grace := include "msstore-facade.durationSeconds" (list "config.shutdownGrace" .Values.config.shutdownGrace) | int }}
+{{- add $delay $grace }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the explicit value, which must exceed the facade's shutdown
+(drain delay plus drain), or that shutdown plus 5 s (time for the last answers to flush and
+the process to exit).
 */}}
 {{- define "msstore-facade.terminationGracePeriodSeconds" -}}
-{{- $grace := include "msstore-facade.shutdownGraceSeconds" . | int }}
+{{- $shutdown := include "msstore-facade.shutdownSeconds" . | int }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $grace 5 }}
+{{- add $shutdown 5 }}
 {{- else }}
 {{- $explicit := .Values.terminationGracePeriodSeconds | int }}
-{{- if le $explicit $grace }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.shutdownGrace (%s): the kubelet would SIGKILL the facade while it drains" $explicit .Values.config.shutdownGrace) }}
+{{- if le $explicit $shutdown }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.drainDelay (%s) + config.shutdownGrace (%s): the kubelet would SIGKILL the facade while it drains" $explicit .Values.config.drainDelay .Values.config.shutdownGrace) }}
 {{- end }}
 {{- $explicit }}
 {{- end }}
