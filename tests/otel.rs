@@ -102,6 +102,16 @@ async fn spans_follow_the_rpc_and_http_conventions_and_continue_the_callers_trac
         .expect("spans flush to the collector");
     let spans = collector.0.lock().unwrap().clone();
 
+    // Only the facade's own spans leave the process, and none names a source file.
+    for span in &spans {
+        let own = (span.kind == SpanKind::Server as i32
+            && span.name == "msstore.v1.StoreEntitlements/GetOfflineLicense")
+            || (span.kind == SpanKind::Client as i32 && attr(span, "url.template").is_some());
+        assert!(own, "a span that is not the facade's own: {span:#?}");
+        for kv in &span.attributes {
+            assert!(!kv.key.starts_with("code."), "{}: {kv:?}", span.name);
+        }
+    }
     let server: Vec<&Span> = spans
         .iter()
         .filter(|s| s.kind == SpanKind::Server as i32)

@@ -74,6 +74,13 @@ where
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
         .with_error_records_to_exceptions(false)
+        // No `code.file.path` and friends: they carry the build machine's source paths.
+        .with_location(false)
+        // Only the facade's own spans leave the process: library-internal ones (h2's
+        // `Connection`, hyper's) would start traces of their own.
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            metadata.target().starts_with(env!("CARGO_CRATE_NAME"))
+        }))
 }
 
 /// Makes `span` a child of the W3C trace context in `headers` (gRPC metadata), if any.
