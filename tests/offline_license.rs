@@ -208,12 +208,7 @@ async fn tenant_id_selects_the_token_tenant_and_bad_tenants_are_rejected() {
         .get_offline_license(license_request())
         .await
         .unwrap();
-    let paths: Vec<String> = h
-        .token_requests()
-        .await
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
+    let paths: Vec<String> = h.token_paths().await;
     assert_eq!(
         paths,
         [

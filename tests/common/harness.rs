@@ -290,6 +290,15 @@ impl Harness {
             .collect()
     }
 
+    /// The paths of the token requests received so far (`/{tenant}/oauth2/v2.0/token`).
+    pub async fn token_paths(&self) -> Vec<String> {
+        self.token_requests()
+            .await
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    }
+
     /// The Store for Business answers every offline-license request with `template`.
     pub async fn mount_license(&self, template: ResponseTemplate) {
         Mock::given(method("POST"))
