@@ -376,3 +376,52 @@ async fn callers_that_give_up_do_not_abort_the_token_request() {
     })
     .await;
 }
+
+/// Reads from `stream` until the server closes it; how long that took.
+async fn closed_after(mut stream: tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the admin server closes a connection that sends no complete request");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn admin_clients_that_never_finish_their_headers_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start().await;
+    let addr = h.facade.admin_addr;
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (silent, slow, idle) =
+        tokio::join!(closed_after(silent), closed_after(slow), closed_after(idle));
+    for (what, took) in [
+        ("silent", silent),
+        ("slow", slow),
+        ("idle keep-alive", idle),
+    ] {
+        assert!(
+            took < Duration::from_secs(15),
+            "{what} connection held {took:?}"
+        );
+    }
+    // Probes are still answered.
+    assert_eq!(h.facade.admin_get("/healthz").await.0, 200);
+}

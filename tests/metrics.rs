@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use msstore_facade::upstream::Host;
 use serde_json::json;
+use tonic::Code;
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
@@ -342,4 +343,51 @@ async fn readyz_turns_503_once_shutdown_begins_while_calls_drain() {
     assert_eq!(h.facade.admin_get("/healthz").await.0, 200);
     call.await.unwrap().expect("the call in flight finishes");
     h.facade.stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn readyz_stays_ready_through_a_later_entra_outage() {
+    let h = Harness::builder().start().await;
+    // A token that must be fetched again at once, so that every later check meets the outage.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token_type": "Bearer",
+            "expires_in": 1,
+            "access_token": "short-lived",
+        })))
+        .up_to_n_times(1)
+        .mount(&h.token)
+        .await;
+    assert_eq!(h.facade.admin_get("/readyz").await, (200, "ready\n".into()));
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&h.token)
+        .await;
+    // Past the token's life and the readiness verdict's (5 s): the outage is real for calls…
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let status = h
+        .entitlements()
+        .get_offline_license(license_request())
+        .await
+        .expect_err("no token can be had");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // …but the instance stays in the load balancer: taking every pod out helps no one.
+    assert_eq!(h.facade.admin_get("/readyz").await, (200, "ready\n".into()));
+}
+
+#[tokio::test]
+async fn a_token_issued_for_a_call_makes_the_instance_ready_without_asking_again() {
+    let h = Harness::builder().start().await;
+    h.mount_token(1).await;
+    h.mount_license(ResponseTemplate::new(200).set_body_json(license_body()))
+        .await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .expect("the call is served");
+    // The token is gone from the cache and Entra answers nothing any more.
+    h.token.reset().await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(h.facade.admin_get("/readyz").await.0, 200);
+    assert!(h.token.received_requests().await.unwrap().is_empty());
 }

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,8 @@ struct Inner {
     /// The token requests in flight. A request leaves this table only after its outcome is in
     /// `cache` or `rejections`, so a lookup holding the table never starts a second one.
     flights: Mutex<HashMap<TenantId, Flight>>,
+    /// Set by the first token Entra issues: the credentials work (readiness).
+    accepted: AtomicBool,
     metrics: Arc<Metrics>,
     endpoint: UpstreamMetrics,
     host: String,
@@ -220,6 +223,7 @@ impl TokenProvider {
                 rejections: remembered_for(REJECTION_MEMORY),
                 forced_renewals: remembered_for(FORCED_RENEWAL_INTERVAL),
                 flights: Mutex::default(),
+                accepted: AtomicBool::new(false),
                 endpoint: metrics.upstream("entra", authority.host_str().unwrap_or_default()),
                 host: authority.host_str().unwrap_or_default().to_owned(),
                 metrics,
@@ -230,6 +234,12 @@ impl TokenProvider {
     /// Whether the facade has credentials of its own.
     pub fn is_configured(&self) -> bool {
         self.inner.credentials.is_some()
+    }
+
+    /// Whether Entra has issued a token for the facade's credentials at least once since
+    /// start (for any tenant). A later outage or rejection does not clear it.
+    pub fn credentials_accepted(&self) -> bool {
+        self.inner.accepted.load(Ordering::Acquire)
     }
 
     /// The tenant used when a request names none.
@@ -410,7 +420,10 @@ impl Inner {
         });
         let fetched = fetched.map_err(Arc::new);
         match &fetched {
-            Ok(token) => self.cache.insert(tenant.clone(), token.clone()).await,
+            Ok(token) => {
+                self.accepted.store(true, Ordering::Release);
+                self.cache.insert(tenant.clone(), token.clone()).await;
+            }
             Err(error) if matches!(**error, TokenError::Rejected { .. }) => {
                 self.rejections.insert(tenant.clone(), error.clone()).await;
             }
@@ -501,7 +514,10 @@ impl Inner {
     }
 }
 
-fn token_from_answer(
+/// Reads the token endpoint's answer to a token request sent at `requested_at`: a token whose
+/// lifetime is clamped to [`MIN_TOKEN_LIFETIME`]..=[`MAX_TOKEN_LIFETIME`], or why there is none.
+/// Whatever the body holds, this returns; it never panics.
+pub(crate) fn token_from_answer(
     status: StatusCode,
     retry_after: Option<Duration>,
     body: &[u8],
