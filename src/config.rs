@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use crate::auth::{AllowedTenants, CredentialSource, Credentials, TenantId};
 use crate::resilience::ResilienceConfig;
 pub use crate::telemetry::LogFormat;
+use crate::tls::TlsFiles;
 use crate::upstream::Host;
 
 /// What `--help` says after the flags: the settings read from the environment only.
@@ -72,6 +73,36 @@ pub struct ServeArgs {
     /// --sandbox]. AZURE_TENANT_ID is always allowed.
     #[arg(long, env = "MSSTORE_ALLOWED_TENANTS", value_name = "TENANTS")]
     pub allowed_tenants: Option<String>,
+
+    /// PEM certificate chain (leaf first) of the gRPC port: with it (and --tls-key) the port
+    /// speaks TLS only and plaintext is refused. The files are read again when they change
+    /// (cert-manager rotation), with no restart.
+    #[arg(
+        long,
+        env = "MSSTORE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "MSSTORE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the CAs that issue callers' certificates: mutual TLS, a caller without a
+    /// certificate from one of them is refused at the handshake (needs --tls-cert).
+    #[arg(
+        long,
+        env = "MSSTORE_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Retries, circuit breaking, load shedding and HTTP/2 limits.
     #[command(flatten)]
@@ -194,6 +225,8 @@ pub struct Settings {
     pub drain_delay: Duration,
     /// The tenants a call may name, besides the configured one.
     pub allowed_tenants: AllowedTenants,
+    /// TLS on the gRPC port, if configured.
+    pub tls: Option<TlsFiles>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -278,6 +311,14 @@ impl Settings {
             shutdown_grace: cli.shutdown_grace,
             drain_delay: cli.drain_delay,
             allowed_tenants,
+            tls: match (cli.tls_cert, cli.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: cli.tls_client_ca,
+                }),
+                _ => None,
+            },
             log_format: cli.log_format,
         })
     }
@@ -296,6 +337,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(25),
             drain_delay: Duration::ZERO,
             allowed_tenants: AllowedTenants::default(),
+            tls: None,
             log_format: LogFormat::Text,
         })
     }
@@ -540,6 +582,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("\"not a tenant\""), "{err}");
+    }
+
+    #[test]
+    fn tls_files_come_together() {
+        assert_eq!(
+            Settings::from_cli(cli(&[]), AzureEnv::default())
+                .unwrap()
+                .tls,
+            None
+        );
+        let args = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let tls = Settings::from_cli(cli(&args), AzureEnv::default())
+            .unwrap()
+            .tls;
+        assert_eq!(
+            tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: None
+            })
+        );
+        let mutual = cli(&[&args[..], &["--tls-client-ca", "ca.pem"]].concat());
+        let tls = Settings::from_cli(mutual, AzureEnv::default()).unwrap().tls;
+        assert_eq!(tls.unwrap().client_ca, Some(PathBuf::from("ca.pem")));
     }
 
     #[test]

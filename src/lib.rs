@@ -17,6 +17,7 @@ pub mod proto;
 pub mod resilience;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Settings;

@@ -89,6 +89,12 @@ async fn run_facade(cli: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(files) = &settings.tls {
+        if let Err(error) = files.check() {
+            eprintln!("msstore-facade: invalid configuration: --tls-cert/--tls-key/--tls-client-ca: {error}");
+            return ExitCode::from(2);
+        }
+    }
     let tracer = match telemetry::init_telemetry(settings.log_format) {
         Ok(tracer) => tracer,
         Err(error) => {
@@ -107,6 +113,7 @@ async fn run_facade(cli: ServeArgs) -> ExitCode {
     } else {
         (settings, None)
     };
+    let tls = settings.tls.as_ref().map_or("off", |files| files.mode());
     let listener = match tokio::net::TcpListener::bind(settings.grpc_addr).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -130,7 +137,7 @@ async fn run_facade(cli: ServeArgs) -> ExitCode {
         );
     }
     let shutdown = shutdown_signal();
-    tracing::info!(grpc_addr = %addr, %admin_addr, version = env!("CARGO_PKG_VERSION"), sandbox, "msstore-facade serving");
+    tracing::info!(grpc_addr = %addr, %admin_addr, tls, version = env!("CARGO_PKG_VERSION"), sandbox, "msstore-facade serving");
     let served = msstore_facade::serve(settings, listener, Some(admin), shutdown).await;
     if let Some(emulator) = emulator {
         emulator.stop().await;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -21,6 +20,7 @@ use crate::ops::{self, SERVICE_NAMES};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
+use crate::tls::{Incoming, TlsError, TlsReloader};
 use crate::upstream::{http_client, StoreClient};
 
 /// Why the server could not run.
@@ -32,6 +32,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS files do not make a configuration.
+    #[error("--tls-cert/--tls-key/--tls-client-ca: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Builds the backends of `settings`: one HTTP client shared by the Store and token clients,
@@ -84,6 +87,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let backends = backends(&settings);
+    let tls = match &settings.tls {
+        Some(files) => Some(Arc::new(TlsReloader::new(
+            files.clone(),
+            backends.metrics.tls(),
+        )?)),
+        None => None,
+    };
     let limit = settings.max_request_bytes;
     // Registers every method's metric series before the admin server can be scraped.
     let store_services = ops::routes(&backends, limit);
@@ -91,10 +101,12 @@ pub async fn serve(
         backends.metrics.clone(),
         backends.tokens.clone(),
     ));
-    let _background = BackgroundTasks(vec![
+    let mut background = vec![
         tokio::spawn(upkeep(backends.metrics.clone())),
         tokio::spawn(serve_admin(admin, admin_state.clone())),
-    ]);
+    ];
+    background.extend(tls.clone().map(|tls| tokio::spawn(tls.watch())));
+    let _background = BackgroundTasks(background);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES.iter().copied() {
@@ -136,7 +148,6 @@ pub async fn serve(
     };
     let resilience = &settings.resilience;
     let server = Server::builder()
-        .tcp_nodelay(true)
         .max_concurrent_streams(resilience.http2_max_concurrent_streams)
         .http2_keepalive_interval(Some(resilience.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(resilience.http2_keepalive_timeout))
@@ -157,10 +168,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(Incoming::new(listener, tls), shutdown);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return Ok(result?),

@@ -1,7 +1,7 @@
 //! The Helm chart (`helm/msstore-facade`): `helm lint --strict`, `helm template` with the
 //! default values and with every optional feature on, each rendering validated against the
-//! Kubernetes API schemas of 1.27 (the oldest release with GA gRPC probes) and 1.37 (the newest
-//! the validator bundles) with `kubernetes-validate --strict`, and the invariants the chart
+//! Kubernetes API schemas of 1.27 (the chart's `kubeVersion` floor) and 1.37 (the newest the
+//! validator bundles) with `kubernetes-validate --strict`, and the invariants the chart
 //! promises, read from the rendered objects.
 //!
 //! The tools are installed on first use under `<target dir>/tools` and reused after that:
@@ -34,7 +34,8 @@ const HELM_SHA256: &str = "210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd2
 /// What `helm version --short` says.
 const HELM_VERSION: &str = "v4.1.4";
 
-/// Oldest Kubernetes with GA gRPC probes (1.27) and the newest schema the validator bundles.
+/// The chart's oldest Kubernetes (`kubeVersion: >=1.27.0-0`) and the newest schema the
+/// validator bundles.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.27.0", "1.37.0"];
 
 const RELEASE: &str = "store";
@@ -272,7 +273,8 @@ fn validate(rendering: &str, version: &str, what: &str) {
     assert_eq!(passed, expected, "{what} on {version}:\n{stdout}");
 }
 
-/// Default values, every optional feature, a chart-made Secret, the sandbox.
+/// Default values, every optional feature (mutual TLS with a separate client CA Secret among
+/// them), a chart-made Secret, the sandbox.
 fn value_sets() -> Vec<(&'static str, Vec<String>)> {
     vec![
         ("default values", vec![]),
@@ -288,10 +290,84 @@ fn value_sets() -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
+/// The value sets plus gRPC over mutual TLS with the client CA in the certificate's Secret.
+fn value_sets_and_tls() -> Vec<(&'static str, Vec<String>)> {
+    let mut sets = value_sets();
+    sets.push(("mutual TLS", to_strings(MTLS)));
+    sets
+}
+
+fn to_strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// Server TLS from the Secret `store-tls`.
+const TLS: &[&str] = &["--set", "tls.enabled=true,tls.secretName=store-tls"];
+/// Mutual TLS, the client CA being `ca.crt` of `store-tls`; the test pod's client certificate
+/// in `store-test-client`.
+const MTLS: &[&str] = &[
+    "--set",
+    "tls.enabled=true,tls.secretName=store-tls,tls.clientAuth.enabled=true",
+    "--set",
+    "tests.tls.clientCertSecretName=store-test-client",
+];
+
+fn pod_spec(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]
+}
+
+/// The container's `value` of the environment variable `name`, if it has one.
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().expect("a plain value"))
+}
+
+/// The volume `name` of a pod spec.
+fn volume<'a>(spec: &'a Value, name: &str) -> Option<&'a Value> {
+    spec["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+}
+
+/// The mount of volume `name` in a container.
+fn mount<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+}
+
+/// No mount of any container of `spec` is a subPath mount (those never see a renewed
+/// certificate).
+fn assert_no_sub_path(spec: &Value, what: &str) {
+    for container in spec["containers"].as_array().unwrap() {
+        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+            assert!(
+                mount.get("subPath").is_none() && mount.get("subPathExpr").is_none(),
+                "{what}: {mount}"
+            );
+        }
+    }
+}
+
+/// The `helm test` pod's grpc_health_probe arguments.
+fn test_args(objects: &[Value]) -> Vec<String> {
+    one(objects, "Pod")["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
 fn chart_passes_helm_lint_strict_with_every_value_set() {
     let chart = chart_dir().display().to_string();
-    for (what, args) in value_sets() {
+    for (what, args) in value_sets_and_tls() {
         let mut all = vec!["lint", "--strict", chart.as_str(), "--namespace", NAMESPACE];
         all.extend(args.iter().map(String::as_str));
         let output = helm(&all);
@@ -306,7 +382,7 @@ fn chart_passes_helm_lint_strict_with_every_value_set() {
 
 #[test]
 fn renderings_validate_strictly_against_kubernetes_1_27_and_1_37() {
-    for (what, args) in value_sets() {
+    for (what, args) in value_sets_and_tls() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for version in KUBERNETES_VERSIONS {
             let mut all = args.clone();
@@ -341,34 +417,297 @@ fn every_optional_feature_renders_its_objects() {
 }
 
 #[test]
-fn probes_are_native_grpc_health_checks_on_the_grpc_port() {
-    for (what, args) in value_sets() {
+fn probes_are_http_on_the_admin_port_whatever_tls_says() {
+    for (what, args) in value_sets_and_tls() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let objects = render(&args);
         let container = container(&objects);
-        let grpc_port = container["ports"]
+        let admin_port = container["ports"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["name"] == "grpc")
-            .expect("a grpc container port")["containerPort"]
+            .find(|p| p["name"] == "admin")
+            .expect("an admin container port")["containerPort"]
             .clone();
-        assert_eq!(grpc_port, 50051);
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(admin_port, 9090, "{what}");
+        // The admin listener is always on, on the pod IP and the port the probes name.
+        let data = &one(&objects, "ConfigMap")["data"];
+        assert_eq!(data["MSSTORE_ADMIN_ADDR"], "0.0.0.0:9090", "{what}");
+        for (probe, path) in [
+            ("startupProbe", "/healthz"),
+            ("readinessProbe", "/readyz"),
+            ("livenessProbe", "/healthz"),
+        ] {
             let probe = &container[probe];
-            let grpc = probe["grpc"]
+            let get = probe["httpGet"]
                 .as_object()
-                .unwrap_or_else(|| panic!("{what}: {probe} is not a gRPC probe: {container:#}"));
-            assert_eq!(grpc["port"], grpc_port, "{what}: {probe}");
+                .unwrap_or_else(|| panic!("{what}: {probe} is not an HTTP probe: {container:#}"));
+            assert_eq!(get["path"], path, "{what}: {probe}");
+            assert_eq!(get["port"], "admin", "{what}: the admin port, by name");
             assert_eq!(
-                grpc["service"], "",
-                "{what}: the overall health, service \"\""
+                get["scheme"], "HTTP",
+                "{what}: the admin port never speaks TLS"
             );
-            for other in ["httpGet", "tcpSocket", "exec"] {
+            for other in ["grpc", "tcpSocket", "exec"] {
                 assert!(probe.get(other).is_none(), "{what}: {probe}");
             }
         }
+        // The timings are values.yaml's, unchanged.
+        let timing = |probe: &str, field: &str| container[probe][field].as_i64().unwrap();
+        assert_eq!(timing("startupProbe", "periodSeconds"), 2, "{what}");
+        assert_eq!(timing("startupProbe", "failureThreshold"), 30, "{what}");
+        assert_eq!(timing("readinessProbe", "periodSeconds"), 5, "{what}");
+        assert_eq!(timing("readinessProbe", "timeoutSeconds"), 2, "{what}");
+        assert_eq!(timing("readinessProbe", "failureThreshold"), 2, "{what}");
+        assert_eq!(timing("livenessProbe", "periodSeconds"), 10, "{what}");
+        assert_eq!(timing("livenessProbe", "timeoutSeconds"), 5, "{what}");
+        assert_eq!(timing("livenessProbe", "failureThreshold"), 3, "{what}");
     }
+
+    // A probe can still be turned off; the others stay.
+    let objects = render(&["--set", "startupProbe.enabled=false"]);
+    let container = container(&objects);
+    assert!(container.get("startupProbe").is_none());
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+}
+
+#[test]
+fn admin_listener_cannot_be_moved_away_from_the_probes() {
+    for (set, expected) in [
+        ("config.bindAddress=127.0.0.1", "is loopback"),
+        ("config.bindAddress=[::1]", "is loopback"),
+        (
+            "extraEnv[0].name=MSSTORE_ADMIN_ADDR,extraEnv[0].value=127.0.0.1:9191",
+            "extraEnv sets MSSTORE_ADMIN_ADDR",
+        ),
+        (
+            "extraEnv[0].name=MSSTORE_GRPC_ADDR,extraEnv[0].value=0.0.0.0:1",
+            "extraEnv sets MSSTORE_GRPC_ADDR",
+        ),
+        (
+            "extraEnv[0].name=MSSTORE_TLS_CERT,extraEnv[0].value=/x.pem",
+            "use the tls.* values",
+        ),
+    ] {
+        let error = try_template(&["--set", set]).expect_err(set);
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+    let objects = render(&["--set", "config.bindAddress=[::]"]);
+    let data = &one(&objects, "ConfigMap")["data"];
+    assert_eq!(data["MSSTORE_ADMIN_ADDR"], "[::]:9090");
+}
+
+#[test]
+fn tls_off_renders_no_tls_volume_env_or_test_flags() {
+    for (what, args) in value_sets()
+        .into_iter()
+        .filter(|(what, _)| *what != "every optional feature")
+    {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let objects = render(&args);
+        let spec = pod_spec(&objects);
+        let container = container(&objects);
+        for name in env_names(container).iter().chain(
+            one(&objects, "ConfigMap")["data"]
+                .as_object()
+                .unwrap()
+                .keys(),
+        ) {
+            assert!(!name.starts_with("MSSTORE_TLS_"), "{what}: {name}");
+        }
+        assert!(spec.get("volumes").is_none(), "{what}: {spec:#}");
+        assert!(container.get("volumeMounts").is_none(), "{what}");
+        let args = test_args(&objects);
+        assert!(
+            args.iter().all(|a| !a.starts_with("-tls")),
+            "{what}: a plaintext health check: {args:?}"
+        );
+        assert!(one(&objects, "Pod")["spec"].get("volumes").is_none());
+    }
+}
+
+#[test]
+fn tls_mounts_the_whole_secret_read_only_and_points_the_env_at_it() {
+    let objects = render(TLS);
+    let spec = pod_spec(&objects);
+    let facade = container(&objects);
+    let tls = volume(spec, "msstore-tls").expect("the certificate Secret's volume");
+    assert_eq!(tls["secret"]["secretName"], "store-tls");
+    assert!(
+        tls["secret"].get("items").is_none(),
+        "the whole Secret (tls.crt, tls.key, ca.crt): {tls}"
+    );
+    assert_eq!(tls["secret"]["defaultMode"], 0o440);
+    let mounted = mount(facade, "msstore-tls").expect("the Secret mounted");
+    assert_eq!(mounted["readOnly"], true);
+    assert_no_sub_path(spec, "TLS");
+    let dir = mounted["mountPath"].as_str().unwrap();
+    assert_eq!(
+        env_value(facade, "MSSTORE_TLS_CERT"),
+        Some(format!("{dir}/tls.crt").as_str())
+    );
+    assert_eq!(
+        env_value(facade, "MSSTORE_TLS_KEY"),
+        Some(format!("{dir}/tls.key").as_str())
+    );
+    assert_eq!(env_value(facade, "MSSTORE_TLS_CLIENT_CA"), None, "no mTLS");
+    assert!(
+        spec["securityContext"]["fsGroup"].is_i64(),
+        "mode 0440 needs it"
+    );
+    // The chart never reads or makes the certificate Secret.
+    assert!(find(&objects, "Secret").is_empty());
+    // The TLS settings are not in the ConfigMap (whose hash rolls the pods).
+    let data = one(&objects, "ConfigMap")["data"].as_object().unwrap();
+    assert!(data.keys().all(|k| !k.starts_with("MSSTORE_TLS_")));
+
+    // The values users already had keep working beside it.
+    let objects = render(&[
+        "--set",
+        "tls.enabled=true,tls.secretName=store-tls",
+        "--set",
+        "extraVolumes[0].name=scratch,extraVolumes[0].emptyDir.sizeLimit=1Mi",
+        "--set",
+        "extraVolumeMounts[0].name=scratch,extraVolumeMounts[0].mountPath=/scratch",
+    ]);
+    let spec = pod_spec(&objects);
+    assert!(volume(spec, "msstore-tls").is_some() && volume(spec, "scratch").is_some());
+    let facade = container(&objects);
+    assert!(mount(facade, "msstore-tls").is_some() && mount(facade, "scratch").is_some());
+}
+
+#[test]
+fn mutual_tls_takes_the_client_ca_from_the_secret_another_secret_or_a_config_map() {
+    // Default: ca.crt of the certificate's own Secret, already mounted.
+    let objects = render(MTLS);
+    let spec = pod_spec(&objects);
+    let facade = container(&objects);
+    let dir = mount(facade, "msstore-tls").unwrap()["mountPath"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        env_value(facade, "MSSTORE_TLS_CLIENT_CA"),
+        Some(format!("{dir}/ca.crt").as_str())
+    );
+    assert!(volume(spec, "msstore-client-ca").is_none(), "one volume");
+
+    // Another key of the same Secret, named as the certificate's Secret: still that volume.
+    let objects = render(
+        &[
+            MTLS,
+            &[
+                "--set",
+                "tls.clientAuth.caSecretName=store-tls,tls.clientAuth.caKey=clients.pem",
+            ],
+        ]
+        .concat(),
+    );
+    let facade = container(&objects);
+    assert_eq!(
+        env_value(facade, "MSSTORE_TLS_CLIENT_CA"),
+        Some(format!("{dir}/clients.pem").as_str())
+    );
+    assert!(volume(pod_spec(&objects), "msstore-client-ca").is_none());
+
+    // Another Secret or a ConfigMap (a trust-manager Bundle): a volume of its own, only the key.
+    for (set, kind, name_field) in [
+        (
+            "tls.clientAuth.caSecretName=store-clients-ca",
+            "secret",
+            "secretName",
+        ),
+        (
+            "tls.clientAuth.caConfigMapName=store-clients-ca",
+            "configMap",
+            "name",
+        ),
+    ] {
+        let objects = render(&[MTLS, &["--set", set]].concat());
+        let spec = pod_spec(&objects);
+        let facade = container(&objects);
+        let ca = volume(spec, "msstore-client-ca").unwrap_or_else(|| panic!("{set}: {spec:#}"));
+        assert_eq!(ca[kind][name_field], "store-clients-ca", "{set}");
+        assert_eq!(
+            ca[kind]["items"],
+            serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}]),
+            "{set}"
+        );
+        let mounted = mount(facade, "msstore-client-ca").expect("mounted");
+        assert_eq!(mounted["readOnly"], true);
+        assert_no_sub_path(spec, set);
+        assert_eq!(
+            env_value(facade, "MSSTORE_TLS_CLIENT_CA"),
+            Some(format!("{}/ca.crt", mounted["mountPath"].as_str().unwrap()).as_str()),
+            "{set}"
+        );
+        assert!(volume(spec, "msstore-tls").is_some(), "{set}");
+    }
+
+    // The every-feature values file has mutual TLS with a separate CA Secret.
+    let objects = render(&["-f", &ci_values("all-features")]);
+    let facade = container(&objects);
+    for name in [
+        "MSSTORE_TLS_CERT",
+        "MSSTORE_TLS_KEY",
+        "MSSTORE_TLS_CLIENT_CA",
+    ] {
+        assert!(env_value(facade, name).is_some(), "{name}");
+    }
+    assert!(volume(pod_spec(&objects), "msstore-client-ca").is_some());
+    assert_no_sub_path(pod_spec(&objects), "every optional feature");
+}
+
+#[test]
+fn incomplete_tls_settings_are_refused() {
+    // By the schema.
+    for set in [
+        "tls.enabled=true",
+        "tls.clientAuth.enabled=true",
+        "tls.enabled=true,tls.secretName=Not_A_Name",
+        "tls.enabled=true,tls.secretName=store-tls,tls.clientAuth.enabled=true,tls.clientAuth.caKey=a/b",
+        "tls.certificate=store-tls",
+        "tls.clientAuth.mode=strict",
+        "tests.tls.verify=maybe",
+        "tests.tls.insecure=true",
+    ] {
+        let error = try_template(&["--set", set]).expect_err(set);
+        assert!(error.contains("values don't meet"), "{set}: {error}");
+    }
+    let error = try_template(&["--set", "tls.enabled=true"]).unwrap_err();
+    assert!(error.contains("/tls/secretName"), "{error}");
+    let error = try_template(&["--set", "tls.clientAuth.enabled=true"]).unwrap_err();
+    assert!(error.contains("/tls/enabled"), "{error}");
+
+    // By the templates, with the value to change.
+    let error = try_template(
+        &[
+            MTLS,
+            &[
+                "--set",
+                "tls.clientAuth.caSecretName=a,tls.clientAuth.caConfigMapName=b",
+            ],
+        ]
+        .concat(),
+    )
+    .unwrap_err();
+    assert!(error.contains("caSecretName or caConfigMapName"), "{error}");
+    let error = try_template(&[
+        "--set",
+        "tls.enabled=true,tls.secretName=store-tls,tls.clientAuth.enabled=true",
+    ])
+    .unwrap_err();
+    assert!(
+        error.contains("tests.tls.clientCertSecretName") && error.contains("tests.enabled=false"),
+        "{error}"
+    );
+    // Without `helm test`, mutual TLS needs no client certificate.
+    let objects = render(&[
+        "--set",
+        "tls.enabled=true,tls.secretName=store-tls,tls.clientAuth.enabled=true",
+        "--set",
+        "tests.enabled=false",
+    ]);
+    assert!(find(&objects, "Pod").is_empty());
 }
 
 #[test]
@@ -611,21 +950,172 @@ fn helm_test_pod_checks_grpc_health_through_the_service() {
     let objects = render(&[]);
     let service = one(&objects, "Service");
     let pod = one(&objects, "Pod");
-    let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = test_args(&objects);
     let address = format!(
         "-addr={}.{NAMESPACE}.svc:50051",
         service["metadata"]["name"].as_str().unwrap()
     );
-    assert!(args.contains(&address.as_str()), "{args:?}");
-    assert!(args.contains(&"-service="), "{args:?}");
+    assert!(args.contains(&address), "{args:?}");
+    assert!(args.contains(&"-service=".to_owned()), "{args:?}");
     let image = pod["spec"]["containers"][0]["image"].as_str().unwrap();
     assert!(image.contains("grpc-health-probe"), "{image}");
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+}
+
+#[test]
+fn helm_test_pod_verifies_the_certificate_and_brings_a_client_certificate_for_mtls() {
+    let has = |args: &[String], arg: &str| args.iter().any(|a| a == arg);
+
+    // TLS: verified against ca.crt of the certificate's Secret, of which only ca.crt is mounted.
+    let objects = render(TLS);
+    let args = test_args(&objects);
+    let pod = &one(&objects, "Pod")["spec"];
+    assert!(has(&args, "-tls"), "{args:?}");
+    let ca_arg = args
+        .iter()
+        .find_map(|a| a.strip_prefix("-tls-ca-cert="))
+        .unwrap_or_else(|| panic!("no -tls-ca-cert: {args:?}"));
+    let ca = volume(pod, "ca").expect("a CA volume");
+    assert_eq!(ca["secret"]["secretName"], "store-tls");
+    assert_eq!(
+        ca["secret"]["items"],
+        serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}]),
+        "never tls.key of the facade"
+    );
+    let ca_dir = mount(&pod["containers"][0], "ca").unwrap()["mountPath"]
+        .as_str()
+        .unwrap();
+    assert_eq!(ca_arg, format!("{ca_dir}/ca.crt"));
+    assert_eq!(
+        pod["securityContext"]["fsGroup"], 65532,
+        "reads the 0440 files"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("-tls-client-")),
+        "{args:?}"
+    );
+    assert!(!has(&args, "-tls-no-verify"), "{args:?}");
+    assert_no_sub_path(pod, "test pod");
+
+    // Mutual TLS: the client certificate from its own Secret.
+    let objects = render(MTLS);
+    let args = test_args(&objects);
+    let pod = &one(&objects, "Pod")["spec"];
+    let client = volume(pod, "client").expect("a client certificate volume");
+    assert_eq!(client["secret"]["secretName"], "store-test-client");
+    let client_dir = mount(&pod["containers"][0], "client").unwrap()["mountPath"]
+        .as_str()
+        .unwrap();
+    assert!(
+        has(&args, &format!("-tls-client-cert={client_dir}/tls.crt")),
+        "{args:?}"
+    );
+    assert!(
+        has(&args, &format!("-tls-client-key={client_dir}/tls.key")),
+        "{args:?}"
+    );
+    assert!(args.iter().any(|a| a.starts_with("-tls-ca-cert=")));
+
+    // Another CA Secret and a server name; the image's roots; no verification.
+    let objects = render(&[
+        TLS,
+        &[
+            "--set",
+            "tests.tls.caSecretName=store-ca,tests.tls.caKey=root.pem,tests.tls.serverName=facade.example.com",
+        ],
+    ]
+    .concat());
+    let args = test_args(&objects);
+    let ca = volume(&one(&objects, "Pod")["spec"], "ca").unwrap();
+    assert_eq!(ca["secret"]["secretName"], "store-ca");
+    assert!(args.iter().any(|a| a.ends_with("/root.pem")), "{args:?}");
+    assert!(
+        has(&args, "-tls-server-name=facade.example.com"),
+        "{args:?}"
+    );
+    for (verify, expected, absent) in [
+        ("system", "-tls", "-tls-no-verify"),
+        ("none", "-tls-no-verify", "-tls-server-name=x"),
+    ] {
+        let objects = render(
+            &[
+                TLS,
+                &[
+                    "--set",
+                    &format!("tests.tls.verify={verify},tests.tls.serverName=x"),
+                ],
+            ]
+            .concat(),
+        );
+        let args = test_args(&objects);
+        assert!(has(&args, expected), "{verify}: {args:?}");
+        assert!(!has(&args, absent), "{verify}: {args:?}");
+        assert!(
+            !args.iter().any(|a| a.starts_with("-tls-ca-cert")),
+            "{verify}: {args:?}"
+        );
+        assert!(one(&objects, "Pod")["spec"].get("volumes").is_none());
+    }
+
+    // The every-feature values: mutual TLS, a separate CA Secret, a server name.
+    let args = test_args(&render(&["-f", &ci_values("all-features")]));
+    for arg in [
+        "-tls",
+        "-tls-server-name=store-msstore-facade.licensing.svc.cluster.local",
+    ] {
+        assert!(has(&args, arg), "{args:?}");
+    }
+    assert!(args.iter().any(|a| a.starts_with("-tls-client-cert=")));
+}
+
+#[test]
+fn notes_print_grpcurl_for_plaintext_tls_and_mutual_tls() {
+    let notes = |args: &[&str]| {
+        let chart = chart_dir().display().to_string();
+        let mut all = vec![
+            "install",
+            RELEASE,
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+        ];
+        all.extend_from_slice(args);
+        let output = helm(&all);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let start = stdout.find("NOTES:").expect("NOTES in the output");
+        stdout[start..].to_owned()
+    };
+    let plain = notes(&[]);
+    assert!(plain.contains("grpcurl -plaintext"), "{plain}");
+    assert!(plain.contains("(gRPC, plaintext)"), "{plain}");
+
+    let tls = notes(TLS);
+    assert!(!tls.contains("-plaintext"), "{tls}");
+    assert!(
+        tls.contains("grpcurl -cacert ca.crt -servername store-msstore-facade.licensing.svc "),
+        "{tls}"
+    );
+    assert!(tls.contains("get secret store-tls"), "{tls}");
+    assert!(!tls.contains("-cert client.crt"), "{tls}");
+
+    let mtls = notes(MTLS);
+    assert!(mtls.contains("(gRPC, mutual TLS)"), "{mtls}");
+    assert!(mtls.contains("-cert client.crt -key client.key"), "{mtls}");
+
+    let metrics_blocked = notes(&[
+        "--set",
+        "networkPolicy.enabled=true,serviceMonitor.enabled=true",
+    ]);
+    assert!(
+        metrics_blocked.contains("networkPolicy.adminFrom is empty"),
+        "{metrics_blocked}"
+    );
 }
 
 #[test]
@@ -675,6 +1165,37 @@ fn termination_grace_period_exceeds_the_facade_drain() {
         ]),
         27
     );
+
+    // Every value set (TLS too) keeps the chart's drain delay wired and the grace above it;
+    // readiness is what the drain delay turns off, so it must be on /readyz.
+    for (what, args) in value_sets_and_tls() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let objects = render(&args);
+        let data = &one(&objects, "ConfigMap")["data"];
+        let seconds = |name: &str| {
+            let value = data[name].as_str().unwrap();
+            let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+            let n: i64 = digits.parse().unwrap();
+            match &value[digits.len()..] {
+                "s" => n,
+                "m" => n * 60,
+                "ms" => (n + 999) / 1000,
+                unit => panic!("{what}: {name}={value}: unit {unit}"),
+            }
+        };
+        let drain = seconds("MSSTORE_DRAIN_DELAY");
+        assert!(drain > 0, "{what}: the chart sets a drain delay");
+        let shutdown = drain + seconds("MSSTORE_SHUTDOWN_GRACE");
+        let grace = pod_spec(&objects)["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap();
+        assert!(grace > shutdown, "{what}: {grace} <= {shutdown}");
+        assert_eq!(
+            container(&objects)["readinessProbe"]["httpGet"]["path"],
+            "/readyz",
+            "{what}"
+        );
+    }
 }
 
 #[test]
@@ -702,11 +1223,14 @@ fn every_environment_setting_of_the_binary_is_a_chart_value() {
         .unwrap()
         .clone();
     let secret_env = env_names(container(&secret));
+    // The TLS paths are container variables (next to the Secret's mount), not ConfigMap keys.
+    let features_env = env_names(container(&objects));
     let rendered: Vec<&str> = config
         .keys()
         .chain(secret_config.keys())
         .map(String::as_str)
         .chain(secret_env.iter().map(String::as_str))
+        .chain(features_env.iter().map(String::as_str))
         .collect();
     let mut missing: Vec<&str> = flags_env
         .iter()
@@ -718,6 +1242,9 @@ fn every_environment_setting_of_the_binary_is_a_chart_value() {
             "AZURE_AUTHORITY_HOST",
             "RUST_LOG",
             "MSSTORE_ADMIN_ADDR",
+            "MSSTORE_TLS_CERT",
+            "MSSTORE_TLS_KEY",
+            "MSSTORE_TLS_CLIENT_CA",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         ])
         .filter(|name| !rendered.contains(name))
@@ -766,6 +1293,143 @@ fn checksum_annotation_changes_when_settings_or_the_secret_change() {
             "credentials.clientSecret=rotated"
         ])
     );
+}
+
+#[test]
+fn checksum_annotation_leaves_out_the_tls_secret_so_rotation_rolls_no_pod() {
+    let annotations = |args: &[&str]| {
+        let objects = render(args);
+        one(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let plain = annotations(&[]);
+    for args in [
+        TLS,
+        MTLS,
+        &[
+            "--set",
+            "tls.enabled=true,tls.secretName=other-tls,tls.clientAuth.enabled=true",
+            "--set",
+            "tls.clientAuth.caConfigMapName=bundle,tests.tls.clientCertSecretName=c",
+        ],
+    ] {
+        let tls = annotations(args);
+        assert_eq!(
+            tls.keys().collect::<Vec<_>>(),
+            ["checksum/config"],
+            "{args:?}: no checksum of the certificate or CA"
+        );
+        assert_eq!(
+            tls["checksum/config"], plain["checksum/config"],
+            "{args:?}: the checksum covers the ConfigMap and chart-made Secret only"
+        );
+    }
+    // Nor could it: no template reads live objects (the Secret's content is never rendered).
+    let templates = chart_dir().join("templates");
+    let mut stack = vec![templates];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(!text.contains("lookup"), "{} uses lookup", path.display());
+            }
+        }
+    }
+}
+
+/// The ingress rules of the NetworkPolicy, as (ports, `from` peers or None for anyone).
+fn ingress_rules(objects: &[Value]) -> Vec<(Vec<String>, Option<Vec<Value>>)> {
+    one(objects, "NetworkPolicy")["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            let ports = rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_str().unwrap().to_owned())
+                .collect();
+            (ports, rule["from"].as_array().cloned())
+        })
+        .collect()
+}
+
+#[test]
+fn network_policy_has_one_ingress_rule_per_port_with_its_own_peers() {
+    let clients = serde_json::json!({"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "store-clients"}}});
+    let prometheus = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    });
+    let objects = render(&["-f", &ci_values("all-features")]);
+    let test_pod = serde_json::json!({"podSelector": {"matchLabels":
+        one(&objects, "Pod")["metadata"]["labels"].clone()}});
+    let rules = ingress_rules(&objects);
+    assert_eq!(
+        rules,
+        [
+            (
+                vec!["grpc".to_owned()],
+                Some(vec![test_pod.clone(), clients])
+            ),
+            (vec!["admin".to_owned()], Some(vec![prometheus.clone()])),
+        ],
+        "gRPC from the callers and the test pod; admin from Prometheus only"
+    );
+
+    // Defaults: gRPC from anyone, the admin port from no pod (no rule: an empty `from` would
+    // mean everyone).
+    let rules = ingress_rules(&render(&["--set", "networkPolicy.enabled=true"]));
+    assert_eq!(rules, [(vec!["grpc".to_owned()], None)]);
+    let rules = ingress_rules(&render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.adminFrom[0].namespaceSelector.matchLabels.team=monitoring",
+    ]));
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(rules[0], (vec!["grpc".to_owned()], None));
+    assert_eq!(rules[1].0, ["admin"]);
+    // Restricted without callers: only the test pod may call.
+    let objects = render(&[
+        "--set",
+        "networkPolicy.enabled=true,networkPolicy.allowExternal=false",
+    ]);
+    let rules = ingress_rules(&objects);
+    assert_eq!(rules, [(vec!["grpc".to_owned()], Some(vec![test_pod]))]);
+
+    // The removed ingressFrom, and grpcFrom that allowExternal would ignore, are refused.
+    let error = try_template(&[
+        "--set",
+        "networkPolicy.enabled=true,networkPolicy.allowExternal=false",
+        "--set",
+        "networkPolicy.ingressFrom[0].namespaceSelector.matchLabels.a=b",
+    ])
+    .unwrap_err();
+    assert!(
+        error.contains("networkPolicy.ingressFrom was removed")
+            && error.contains("grpcFrom")
+            && error.contains("adminFrom"),
+        "{error}"
+    );
+    let error = try_template(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.grpcFrom[0].namespaceSelector.matchLabels.a=b",
+    ])
+    .unwrap_err();
+    assert!(error.contains("allowExternal=false"), "{error}");
+    // Other unknown keys stay schema errors.
+    let error = try_template(&["--set", "networkPolicy.metricsFrom[0].a=b"]).unwrap_err();
+    assert!(error.contains("values don't meet"), "{error}");
 }
 
 #[test]
@@ -828,13 +1492,6 @@ fn services_speak_grpc_and_network_policy_opens_only_what_the_facade_needs() {
         .ends_with("-headless"));
 
     let policy = &one(&objects, "NetworkPolicy")["spec"];
-    let ingress_ports: Vec<&Value> = policy["ingress"][0]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["port"])
-        .collect();
-    assert_eq!(ingress_ports, [&Value::from("grpc"), &Value::from("admin")]);
     let egress_ports: BTreeMap<String, Vec<i64>> = policy["egress"]
         .as_array()
         .unwrap()

@@ -148,6 +148,17 @@ impl Registry {
     }
 }
 
+/// The handles of TLS on the gRPC port.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// A connection whose handshake failed or timed out.
+    pub handshakes_failed: Counter,
+    /// Changed certificate files loaded.
+    pub loaded: Counter,
+    /// Changed certificate files refused (the previous ones stay in force).
+    pub rejected: Counter,
+}
+
 /// A gauge read from live state when `/metrics` is scraped.
 type Sampler = Box<dyn Fn() -> f64 + Send + Sync>;
 
@@ -268,6 +279,23 @@ impl Metrics {
         }
     }
 
+    /// Registers the series of TLS on the gRPC port and returns their handles.
+    pub fn tls(&self) -> TlsMetrics {
+        let reloads = |outcome| {
+            self.registry.counter(
+                "msstore_tls_reloads_total",
+                vec![Label::from_static_parts("outcome", outcome)],
+            )
+        };
+        TlsMetrics {
+            handshakes_failed: self
+                .registry
+                .counter("msstore_tls_handshakes_failed_total", Vec::new()),
+            loaded: reloads("loaded"),
+            rejected: reloads("rejected"),
+        }
+    }
+
     /// Registers a gauge whose value `sample` reads at each scrape (circuit state, calls in
     /// flight): nothing is recorded on the hot path.
     pub fn sample_gauge(
@@ -346,6 +374,14 @@ fn describe(recorder: &PrometheusRecorder) {
             "Circuit of each upstream host: 0 closed, 1 open, 2 half-open (probing).",
         ),
         ("msstore_calls_in_flight", "Store calls being handled now."),
+        (
+            "msstore_tls_handshakes_failed_total",
+            "gRPC connections closed because their TLS handshake failed or timed out.",
+        ),
+        (
+            "msstore_tls_reloads_total",
+            "Certificate files read again after a change, by outcome (loaded, or rejected and the previous ones kept).",
+        ),
     ];
     for (name, text) in help {
         if name.ends_with("_seconds") {

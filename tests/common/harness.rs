@@ -157,6 +157,7 @@ impl Facade {
         let addr = listener.local_addr().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        let tls = settings.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(msstore_facade::serve(
             settings,
@@ -166,11 +167,16 @@ impl Facade {
                 let _ = stopped.await;
             },
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("facade accepts connections");
+        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+        let channel = if tls {
+            // A plaintext channel to a TLS port: made for tests that show it is refused.
+            endpoint.connect_lazy()
+        } else {
+            endpoint
+                .connect()
+                .await
+                .expect("facade accepts connections")
+        };
         Self {
             addr,
             admin_addr,

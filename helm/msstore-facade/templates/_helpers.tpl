@@ -176,3 +176,80 @@ app.kubernetes.io/name: {{ printf "%s-test" (include "msstore-facade.name" .) | 
 app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/component: helm-test
 {{- end }}
+
+{{/*
+Where the certificate Secret is mounted in the facade's container (a whole-Secret volume, never
+subPath: the kubelet swaps in renewed files and the facade re-reads them).
+*/}}
+{{- define "msstore-facade.tlsDir" -}}
+/etc/msstore-facade/tls
+{{- end }}
+
+{{/*
+Where a client CA bundle from another Secret or a ConfigMap is mounted.
+*/}}
+{{- define "msstore-facade.clientCaDir" -}}
+/etc/msstore-facade/client-ca
+{{- end }}
+
+{{/*
+Where the client CA bundle comes from: "configMap", "secret" (a Secret other than
+tls.secretName, in its own volume) or "tlsSecret" (a key of tls.secretName, already mounted);
+empty without mutual TLS.
+*/}}
+{{- define "msstore-facade.clientCaSource" -}}
+{{- $tls := .Values.tls }}
+{{- if and $tls.enabled $tls.clientAuth.enabled }}
+{{- if $tls.clientAuth.caConfigMapName }}
+{{- print "configMap" }}
+{{- else if and $tls.clientAuth.caSecretName (ne $tls.clientAuth.caSecretName $tls.secretName) }}
+{{- print "secret" }}
+{{- else }}
+{{- print "tlsSecret" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+MSSTORE_TLS_CLIENT_CA: the path of the client CA bundle in the container.
+*/}}
+{{- define "msstore-facade.clientCaPath" -}}
+{{- $source := include "msstore-facade.clientCaSource" . }}
+{{- if eq $source "tlsSecret" }}
+{{- printf "%s/%s" (include "msstore-facade.tlsDir" .) .Values.tls.clientAuth.caKey }}
+{{- else }}
+{{- printf "%s/%s" (include "msstore-facade.clientCaDir" .) .Values.tls.clientAuth.caKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Settings that hold across templates; fails with the value to change. Included by the
+Deployment, so every rendering checks them.
+*/}}
+{{- define "msstore-facade.validate" -}}
+{{- $bind := .Values.config.bindAddress | trimPrefix "[" | trimSuffix "]" }}
+{{- if or (hasPrefix "127." $bind) (eq $bind "::1") (eq $bind "localhost") }}
+{{- fail (printf "config.bindAddress %q is loopback: the kubelet probes the admin port and the Service sends calls on the pod IP; use 0.0.0.0 or [::]" .Values.config.bindAddress) }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- $name := .name | toString }}
+{{- if has $name (list "MSSTORE_GRPC_ADDR" "MSSTORE_ADMIN_ADDR") }}
+{{- fail (printf "extraEnv sets %s: the chart derives it from config.bindAddress and containerPorts (the probes and Services follow those); set them instead" $name) }}
+{{- end }}
+{{- if hasPrefix "MSSTORE_TLS_" $name }}
+{{- fail (printf "extraEnv sets %s: use the tls.* values (they mount the Secret and set MSSTORE_TLS_CERT, MSSTORE_TLS_KEY and MSSTORE_TLS_CLIENT_CA)" $name) }}
+{{- end }}
+{{- end }}
+{{- with .Values.tls.clientAuth }}
+{{- if and .caSecretName .caConfigMapName }}
+{{- fail "tls.clientAuth: set caSecretName or caConfigMapName (where the client CA bundle comes from), not both" }}
+{{- end }}
+{{- end }}
+{{- $np := .Values.networkPolicy }}
+{{- if $np.ingressFrom }}
+{{- fail "networkPolicy.ingressFrom was removed: it opened the gRPC and admin ports to the same peers. Put callers in networkPolicy.grpcFrom (with allowExternal=false) and Prometheus in networkPolicy.adminFrom" }}
+{{- end }}
+{{- if and $np.enabled $np.allowExternal $np.grpcFrom }}
+{{- fail "networkPolicy.grpcFrom is set but networkPolicy.allowExternal is true, which lets anyone call the gRPC port: set allowExternal=false to restrict it to grpcFrom" }}
+{{- end }}
+{{- end }}
