@@ -12,6 +12,8 @@ pub mod auth;
 pub mod config;
 pub mod emulator;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ops;
 pub mod proto;
 pub mod resilience;

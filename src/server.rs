@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 use crate::admin::AdminState;
 use crate::api::validation::Tenants;
 use crate::api::{Arrival, Backends, CallDeadlines, CallLimiter};
-use crate::auth::TokenProvider;
+use crate::auth::{CredentialSource, TokenProvider};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ops::{self, SERVICE_NAMES};
@@ -49,7 +49,8 @@ pub fn backends(settings: &Settings) -> Backends {
         watched.in_flight() as f64
     });
     Backends {
-        store: StoreClient::new(http.clone(), &settings.upstreams, resilience, &metrics),
+        store: StoreClient::new(http.clone(), &settings.upstreams, resilience, &metrics)
+            .with_client_secret(client_secret(settings)),
         tokens: TokenProvider::new(
             http,
             &settings.authority_host,
@@ -65,6 +66,14 @@ pub fn backends(settings: &Settings) -> Backends {
             settings.credentials.as_ref().map(|c| c.tenant_id.clone()),
             settings.allowed_tenants.clone(),
         )),
+    }
+}
+
+/// The configured client secret, if the credential is one.
+fn client_secret(settings: &Settings) -> Option<secrecy::SecretString> {
+    match &settings.credentials.as_ref()?.source {
+        CredentialSource::ClientSecret(secret) => Some(secret.clone()),
+        CredentialSource::FederatedTokenFile(_) => None,
     }
 }
 

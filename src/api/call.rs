@@ -46,12 +46,12 @@ impl CallDeadlines {
     }
 
     /// The caller's budget as the facade keeps it: its `grpc-timeout`, capped.
-    fn caller_budget(&self, grpc_timeout: Option<Duration>) -> Option<Duration> {
+    pub(crate) fn caller_budget(&self, grpc_timeout: Option<Duration>) -> Option<Duration> {
         grpc_timeout.map(|budget| budget.min(self.max))
     }
 
     /// The call's own budget: the caller's less a safety margin, or the default one.
-    fn call_budget(&self, caller_budget: Option<Duration>) -> Duration {
+    pub(crate) fn call_budget(&self, caller_budget: Option<Duration>) -> Duration {
         caller_budget.map_or(self.default, |budget| {
             budget.saturating_sub((budget / 10).min(MAX_DEADLINE_MARGIN))
         })
@@ -60,7 +60,7 @@ impl CallDeadlines {
 
 /// `budget` after `started`; a budget beyond what `Instant` can hold (only a configured cap
 /// of centuries could ask for one) is halved until it fits, rather than panicking.
-fn deadline_after(started: Instant, mut budget: Duration) -> Instant {
+pub(crate) fn deadline_after(started: Instant, mut budget: Duration) -> Instant {
     loop {
         match started.checked_add(budget) {
             Some(deadline) => return deadline,
@@ -414,6 +414,64 @@ mod tests {
         assert_eq!(grpc_timeout("5u"), Some(Duration::from_micros(5)));
         for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
             assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::grpc_timeout`]'s properties (shared with its fuzz target) over
+    //! arbitrary text and `grpc-timeout`-shaped values, and the deadline of a call under any
+    //! settings and any caller's timeout, `Duration::MAX` included.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..200_000).prop_map(Duration::from_millis),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_parses_without_panic(text in any::<String>()) {
+            fuzzing::grpc_timeout(text.as_bytes());
+        }
+
+        #[test]
+        fn a_timeout_is_up_to_eight_digits_and_a_unit(
+            digits in "[0-9]{0,10}",
+            unit in prop::sample::select(vec!["H", "M", "S", "m", "u", "n", "h", "s", "x", "", "é"]),
+        ) {
+            let text = format!("{digits}{unit}");
+            fuzzing::grpc_timeout(text.as_bytes());
+            let nanos_per_unit: Option<u128> = match unit {
+                "H" => Some(3_600_000_000_000),
+                "M" => Some(60_000_000_000),
+                "S" => Some(1_000_000_000),
+                "m" => Some(1_000_000),
+                "u" => Some(1_000),
+                "n" => Some(1),
+                _ => None,
+            };
+            let expected = nanos_per_unit
+                .filter(|_| (1..=8).contains(&digits.len()))
+                .map(|per| per * digits.parse::<u128>().unwrap());
+            prop_assert_eq!(grpc_timeout(&text).map(|t| t.as_nanos()), expected, "{}", text);
+        }
+
+        #[test]
+        fn any_settings_and_timeout_give_a_deadline_without_panic(
+            default in any_duration(),
+            max in any_duration(),
+            asked in proptest::option::of(any_duration()),
+        ) {
+            fuzzing::call_deadline_holds(CallDeadlines { default, max }, asked);
         }
     }
 }

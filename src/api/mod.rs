@@ -11,6 +11,7 @@ pub mod validation;
 
 use std::sync::Arc;
 
+pub(crate) use call::deadline_after;
 pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallDeadlines, CallLimiter, RpcId};
 pub use operation::{Credential, Operation, Token};
 pub use pipeline::Pipeline;

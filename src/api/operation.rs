@@ -52,6 +52,11 @@ pub trait Operation: Send + Sync + 'static {
     /// The upstream request of one attempt, made with `token`.
     fn request(prepared: &Self::Prepared, token: &Token<'_>) -> Result<UpstreamRequest, ApiError>;
 
+    /// The secret values the request carries besides the token (the caller's Store keys).
+    /// They are scrubbed out of everything the Store answers, with the token and the client
+    /// secret (contract, section 6). No default: every operation says what it sends.
+    fn secrets(prepared: &Self::Prepared) -> impl Iterator<Item = &str>;
+
     /// Decodes a 2xx body; `None` when it is not [`Operation::EXPECTED`].
     fn parse(body: &[u8]) -> Option<Self::Answer>;
 

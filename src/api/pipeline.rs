@@ -14,7 +14,7 @@ use crate::auth::{AccessToken, TenantId, TokenProvider};
 use crate::error::ApiError;
 use crate::resilience::coalesce::Coalescer;
 use crate::telemetry::metrics::RpcMetrics;
-use crate::upstream::{Answer, Host, StoreClient};
+use crate::upstream::{Answer, Host, Redactor, StoreClient};
 
 type Outcome<T> = Result<Answer<T>, ApiError>;
 
@@ -121,8 +121,13 @@ async fn send<Op: Operation>(
     attempts: &Attempts,
 ) -> Outcome<Op::Answer> {
     let request = Op::request(prepared, &token)?;
+    let mut secrets = Redactor::none();
+    secrets.secret(token.text());
+    Op::secrets(prepared).for_each(|secret| {
+        secrets.secret(secret);
+    });
     store
-        .exchange(host, request, &attempts.next_attempt())
+        .exchange(host, request, &attempts.next_attempt(), secrets)
         .await
         .and_then(|reply| reply.decode(Op::parse, Op::EXPECTED))
         .map_err(|error| ApiError::upstream(Op::ERRORS, error))

@@ -181,3 +181,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! The properties are [`crate::fuzzing::store_id`]'s, shared with its fuzz target; here
+    //! they meet arbitrary bytes and ids shaped to sit on either side of every rule.
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::{MAX_CREDENTIAL_BYTES, MAX_ID_BYTES};
+    use crate::fuzzing;
+
+    /// Text of `len` bytes or so: ASCII with one multi-byte or control character somewhere.
+    fn near_length(len: usize) -> impl Strategy<Value = String> {
+        (
+            len - 4..len + 4,
+            any::<char>(),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(n, c, at)| {
+                let mut text = "x".repeat(n);
+                text.insert(at.index(n + 1), c);
+                text
+            })
+    }
+
+    fn id_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[ -~]{0,40}",
+            "[.]{0,3}",
+            "[a-z0-9./%?#é\u{0}\t\n\u{7f}\u{85}\u{2028}]{0,12}",
+            near_length(MAX_ID_BYTES),
+            near_length(MAX_CREDENTIAL_BYTES),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_checked_without_panic(bytes in vec(any::<u8>(), 0..512)) {
+            fuzzing::store_id(&bytes);
+        }
+
+        #[test]
+        fn ids_and_credentials_are_accepted_only_by_the_documented_rules(id in id_like()) {
+            fuzzing::store_id(id.as_bytes());
+        }
+    }
+}

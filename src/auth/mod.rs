@@ -6,4 +6,5 @@ mod token;
 
 pub use store_key::{key_audience, KeyClaims, KeyDecodeError};
 pub use tenant::{AllowedTenants, InvalidTenantId, TenantId};
+pub(crate) use token::token_from_answer;
 pub use token::{AccessToken, CredentialSource, Credentials, TokenError, TokenProvider};

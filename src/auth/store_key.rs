@@ -167,3 +167,84 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::store_key`]'s properties (shared with its fuzz target) over arbitrary
+    //! text, arbitrary base64url segments, and payloads whose `aud`, `iat` and `exp` are any
+    //! JSON; plus that dates within the timestamp range are read as they are.
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::fuzzing;
+
+    fn claim() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (KeyClaims::EARLIEST - 10..=KeyClaims::LATEST + 10).prop_map(Value::from),
+            // Integers beyond u64, and huge exponents, written out.
+            "-?[1-9][0-9]{19,40}(\\.[0-9]{1,5})?(e[-+]?[0-9]{1,3})?"
+                .prop_map(|n| { serde_json::from_str(&n).unwrap_or(Value::Null) }),
+            any::<String>().prop_map(Value::from),
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            Just(json!([1, 2])),
+            Just(json!({"seconds": 1})),
+            Just(Value::from(COLLECTIONS_AUDIENCE)),
+            Just(Value::from(PURCHASE_AUDIENCE)),
+        ]
+    }
+
+    /// A payload with any subset of the claims, each of any type.
+    fn payload() -> impl Strategy<Value = String> {
+        let maybe = || proptest::option::of(claim());
+        (maybe(), maybe(), maybe(), maybe()).prop_map(|(aud, iat, exp, other)| {
+            let mut claims = serde_json::Map::new();
+            for (name, value) in [("aud", aud), ("iat", iat), ("exp", exp), ("nbf", other)] {
+                if let Some(value) = value {
+                    claims.insert(name.to_owned(), value);
+                }
+            }
+            Value::Object(claims).to_string()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_decodes_without_panic(text in any::<String>()) {
+            fuzzing::store_key(text.as_bytes());
+        }
+
+        #[test]
+        fn arbitrary_base64url_segments_decode_without_panic(
+            parts in prop::collection::vec("[A-Za-z0-9_=+/-]{0,40}", 0..5),
+        ) {
+            fuzzing::store_key(parts.join(".").as_bytes());
+        }
+
+        #[test]
+        fn claims_of_any_type_give_valid_timestamps(payload in payload()) {
+            // The entry point sends the bytes both as they are and as a JWT's payload.
+            fuzzing::store_key(payload.as_bytes());
+        }
+
+        #[test]
+        fn dates_within_the_timestamp_range_are_read_as_they_are(
+            seconds in KeyClaims::EARLIEST..=KeyClaims::LATEST,
+            fraction in 0.0f64..1.0,
+        ) {
+            let key = |date: String| {
+                format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(format!(r#"{{"iat":{date},"exp":{date}}}"#)))
+            };
+            let claims = KeyClaims::decode(&key(seconds.to_string())).unwrap();
+            prop_assert_eq!((claims.iat, claims.exp), (Some(seconds), Some(seconds)));
+            // A fraction is cut off (towards the past), within what an f64 can tell apart.
+            let claims = KeyClaims::decode(&key(format!("{}", seconds as f64 + fraction))).unwrap();
+            let iat = claims.iat.unwrap();
+            prop_assert!((iat - seconds).abs() <= 1, "{} read as {}", seconds, iat);
+        }
+    }
+}

@@ -144,3 +144,85 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::tenant_id`]'s properties (shared with its fuzz target) over arbitrary
+    //! text, GUIDs and domains with one character changed, and allow-lists of them; plus what
+    //! only holds of well-formed tenants.
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const GUID: &str =
+        "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+    const DOMAIN: &str =
+        "([a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?\\.){1,4}[a-zA-Z][a-zA-Z0-9]{0,6}";
+
+    const OFF_BY: &[char] = &['-', '.', '/', 'g', 'G', 'F', '0', ' ', 'é', '\0'];
+
+    fn tenant_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            GUID,
+            DOMAIN,
+            fuzzing::one_char_off(GUID, OFF_BY),
+            fuzzing::one_char_off(DOMAIN, OFF_BY),
+            "[a-z0-9.-]{0,12}",
+            "[a-z]{63,64}\\.com",
+            // Around the 253-byte limit of a whole name.
+            "([a-z]{60,63}\\.){3,4}com",
+            any::<String>(),
+        ]
+    }
+
+    fn allow_list() -> impl Strategy<Value = String> {
+        let entry = prop_oneof![tenant_like(), Just("*".to_owned()), Just(String::new())];
+        vec((entry, "[ \t]{0,2}"), 1..5).prop_map(|entries| {
+            let entries: Vec<String> = entries
+                .into_iter()
+                .map(|(e, pad)| format!("{pad}{e}{pad}"))
+                .collect();
+            entries.join(",")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_parse_without_panic(bytes in vec(any::<u8>(), 0..300)) {
+            fuzzing::tenant_id(&bytes);
+        }
+
+        #[test]
+        fn accepted_tenants_are_lower_case_url_safe_and_stable(text in tenant_like()) {
+            fuzzing::tenant_id(text.as_bytes());
+        }
+
+        #[test]
+        fn allow_lists_hold_exactly_their_entries(text in allow_list()) {
+            fuzzing::tenant_id(text.as_bytes());
+        }
+
+        #[test]
+        fn every_guid_and_domain_is_a_tenant(text in prop_oneof![GUID, DOMAIN]) {
+            let tenant = TenantId::parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(tenant.as_str(), text.to_ascii_lowercase());
+        }
+
+        #[test]
+        fn a_guid_one_character_off_is_refused_unless_still_a_guid_or_now_a_domain(
+            text in fuzzing::one_char_off(GUID, OFF_BY),
+        ) {
+            let guid_shaped = text.len() == 36
+                && text.char_indices().all(|(at, c)| match at {
+                    8 | 13 | 18 | 23 => c == '-',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            let accepted = TenantId::parse(&text).is_ok();
+            prop_assert!(accepted || !guid_shaped, "{}", text);
+            // Only a dot can make it another kind of tenant: a domain.
+            prop_assert!(!accepted || guid_shaped || text.contains('.'), "{}", text);
+        }
+    }
+}

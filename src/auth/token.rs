@@ -693,3 +693,84 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::token_response`]'s properties (shared with its fuzz target) over
+    //! arbitrary bodies and token responses whose `expires_in` is any JSON value; plus the
+    //! bounds of the lifetime and of the refresh time, which only this module can see.
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::fuzzing;
+
+    fn expires_in() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (0u64..200_000).prop_map(Value::from),
+            any::<f64>().prop_map(|f| Value::from(f.to_string())),
+            "[ ]?[-+]?[0-9]{0,25}(\\.[0-9]{0,3})?([eE][-+]?[0-9]{1,3})?[ ]?".prop_map(Value::from),
+            prop::sample::select(vec![
+                "NaN", "inf", "-inf", "infinity", "-0", "", "soon", "0x10"
+            ])
+            .prop_map(Value::from),
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            Just(json!([3599])),
+            Just(json!({"seconds": 3599})),
+        ]
+    }
+
+    fn access_token() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => "[A-Za-z0-9._-]{1,40}".prop_map(Value::from),
+            1 => any::<String>().prop_map(Value::from),
+            1 => Just(Value::Null),
+            1 => any::<i64>().prop_map(Value::from),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_answers_are_read_without_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            fuzzing::token_response(&body);
+        }
+
+        #[test]
+        fn a_token_is_cached_within_half_a_second_and_a_day(
+            expires_in in expires_in(),
+            access_token in access_token(),
+        ) {
+            let body = json!({ "token_type": "Bearer", "expires_in": expires_in, "access_token": access_token });
+            let body = body.to_string();
+            fuzzing::token_response(body.as_bytes());
+            let now = Instant::now();
+            if let Ok(token) = token_from_answer(StatusCode::OK, None, body.as_bytes(), now) {
+                let refresh = token.refresh_at - now;
+                prop_assert!(refresh >= MIN_TOKEN_LIFETIME / 2, "{:?} for {}", refresh, body);
+                prop_assert!(refresh <= MAX_TOKEN_LIFETIME - REFRESH_MARGIN, "{:?} for {}", refresh, body);
+            }
+        }
+
+        #[test]
+        fn lifetimes_are_whole_seconds_within_bounds_and_monotonic(a in any::<f64>(), b in any::<f64>()) {
+            for seconds in [a, b] {
+                let lifetime = clamp_lifetime(seconds);
+                prop_assert!((MIN_TOKEN_LIFETIME..=MAX_TOKEN_LIFETIME).contains(&lifetime), "{}", seconds);
+                prop_assert_eq!(lifetime.subsec_nanos(), 0);
+            }
+            if a <= b {
+                prop_assert!(clamp_lifetime(a) <= clamp_lifetime(b), "{} {}", a, b);
+            }
+        }
+
+        #[test]
+        fn a_believable_lifetime_is_kept(seconds in 1u64..=86_400) {
+            prop_assert_eq!(clamp_lifetime(seconds as f64), Duration::from_secs(seconds));
+            prop_assert_eq!(clamp_lifetime(seconds as f64 + 0.5), Duration::from_secs(seconds));
+        }
+    }
+}

@@ -103,6 +103,11 @@ impl Operation for RenewKey {
         Ok(UpstreamRequest::new(Self::ROUTE, Self::ROUTE.template.to_owned()).json(&body))
     }
 
+    /// The key being renewed (the ticket is the token).
+    fn secrets(renewal: &Renewal) -> impl Iterator<Item = &str> {
+        std::iter::once(renewal.key.as_str())
+    }
+
     fn parse(body: &[u8]) -> Option<RenewAnswer> {
         serde_json::from_slice::<RenewAnswer>(body)
             .ok()

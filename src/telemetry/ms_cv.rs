@@ -180,145 +180,166 @@ mod tests {
         cv.increment();
         assert_eq!(cv.to_string(), format!("{near}!"));
     }
+}
 
-    mod properties {
-        use super::*;
-        use proptest::prelude::*;
+#[cfg(test)]
+mod proptests {
+    //! Properties of vectors built well-formed (round trip, length limit, freezing, every
+    //! attempt extending the caller's), and [`crate::fuzzing::ms_cv`]'s properties (shared
+    //! with its fuzz target) over arbitrary text and vectors with one character changed.
+    use super::*;
+    use crate::fuzzing;
+    use proptest::prelude::*;
 
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-        /// A syntactically valid vector text: v1 or v2 base, 1..40 elements, maybe frozen.
-        fn vector_text() -> impl Strategy<Value = String> {
-            let base = prop_oneof![Just(V1_BASE_LEN), Just(V2_BASE_LEN)].prop_flat_map(|len| {
-                proptest::collection::vec(proptest::sample::select(ALPHABET), len)
-                    .prop_map(|bytes| String::from_utf8(bytes).unwrap())
-            });
-            let elements = proptest::collection::vec(
-                prop_oneof![0u32..10, 0u32..100_000, Just(u32::MAX)],
-                1..40,
-            );
-            (base, elements, any::<bool>()).prop_map(|(base, elements, bang)| {
-                let mut text = base;
-                for element in elements {
-                    text.push('.');
-                    text.push_str(&element.to_string());
-                }
-                if bang {
-                    text.push('!');
-                }
-                text
-            })
+    /// A syntactically valid vector text: v1 or v2 base, 1..40 elements, maybe frozen.
+    fn vector_text() -> impl Strategy<Value = String> {
+        let base = prop_oneof![Just(V1_BASE_LEN), Just(V2_BASE_LEN)].prop_flat_map(|len| {
+            proptest::collection::vec(proptest::sample::select(ALPHABET), len)
+                .prop_map(|bytes| String::from_utf8(bytes).unwrap())
+        });
+        let elements =
+            proptest::collection::vec(prop_oneof![0u32..10, 0u32..100_000, Just(u32::MAX)], 1..40);
+        (base, elements, any::<bool>()).prop_map(|(base, elements, bang)| {
+            let mut text = base;
+            for element in elements {
+                text.push('.');
+                text.push_str(&element.to_string());
+            }
+            if bang {
+                text.push('!');
+            }
+            text
+        })
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Extend,
+        Increment,
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        proptest::collection::vec(prop_oneof![Just(Op::Extend), Just(Op::Increment)], 0..80)
+    }
+
+    fn limit(text: &str) -> usize {
+        match text.split_once('.').map(|(base, _)| base.len()) {
+            Some(V1_BASE_LEN) => V1_MAX_LEN,
+            _ => V2_MAX_LEN,
         }
+    }
 
-        #[derive(Debug, Clone, Copy)]
-        enum Op {
-            Extend,
-            Increment,
-        }
-
-        fn ops() -> impl Strategy<Value = Vec<Op>> {
-            proptest::collection::vec(prop_oneof![Just(Op::Extend), Just(Op::Increment)], 0..80)
-        }
-
-        fn limit(text: &str) -> usize {
-            match text.split_once('.').map(|(base, _)| base.len()) {
-                Some(V1_BASE_LEN) => V1_MAX_LEN,
-                _ => V2_MAX_LEN,
+    proptest! {
+        #[test]
+        fn parse_then_display_round_trips(text in vector_text()) {
+            if let Some(cv) = CorrelationVector::parse(&text) {
+                prop_assert_eq!(cv.to_string(), text.clone());
+                prop_assert_eq!(CorrelationVector::parse(&cv.to_string()), Some(cv));
+            } else {
+                // Only over-long vectors (or elements past u32) are refused.
+                prop_assert!(text.trim_end_matches('!').len() > limit(&text));
             }
         }
 
-        proptest! {
-            #[test]
-            fn parse_then_display_round_trips(text in vector_text()) {
-                if let Some(cv) = CorrelationVector::parse(&text) {
-                    prop_assert_eq!(cv.to_string(), text.clone());
-                    prop_assert_eq!(CorrelationVector::parse(&cv.to_string()), Some(cv));
-                } else {
-                    // Only over-long vectors (or elements past u32) are refused.
-                    prop_assert!(text.trim_end_matches('!').len() > limit(&text));
-                }
-            }
-
-            #[test]
-            fn length_limit_holds_after_any_operations(text in vector_text(), ops in ops()) {
-                let Some(mut cv) = CorrelationVector::parse(&text) else { return Ok(()) };
-                let max = limit(&text);
-                for op in ops {
-                    match op {
-                        Op::Extend => cv.extend(),
-                        Op::Increment => cv.increment(),
-                    }
-                    let shown = cv.to_string();
-                    prop_assert!(shown.trim_end_matches('!').len() <= max, "{} > {}", shown, max);
-                    prop_assert!(shown.len() <= max + 1);
-                }
-            }
-
-            #[test]
-            fn a_terminated_vector_never_changes(text in vector_text(), ops in ops()) {
-                let Some(mut cv) = CorrelationVector::parse(&text) else { return Ok(()) };
-                let mut frozen_as: Option<String> = None;
-                for op in ops {
-                    match op {
-                        Op::Extend => cv.extend(),
-                        Op::Increment => cv.increment(),
-                    }
-                    let shown = cv.to_string();
-                    if let Some(frozen) = &frozen_as {
-                        prop_assert_eq!(&shown, frozen);
-                    } else if shown.ends_with('!') {
-                        frozen_as = Some(shown);
-                    }
-                }
-            }
-
-            #[test]
-            fn extend_appends_zero_and_increment_bumps_the_last_element(
-                text in vector_text(),
-                op in prop_oneof![Just(Op::Extend), Just(Op::Increment)],
-            ) {
-                let Some(mut cv) = CorrelationVector::parse(&text) else { return Ok(()) };
-                let before = cv.to_string();
+        #[test]
+        fn length_limit_holds_after_any_operations(text in vector_text(), ops in ops()) {
+            let Some(mut cv) = CorrelationVector::parse(&text) else { return Ok(()) };
+            let max = limit(&text);
+            for op in ops {
                 match op {
                     Op::Extend => cv.extend(),
                     Op::Increment => cv.increment(),
                 }
-                let after = cv.to_string();
-                if before.ends_with('!') {
-                    prop_assert_eq!(after, before);
-                } else if after.ends_with('!') {
-                    // Too long (or the element would overflow): frozen as it was.
-                    prop_assert_eq!(after, format!("{before}!"));
-                } else {
-                    match op {
-                        Op::Extend => prop_assert_eq!(after, format!("{before}.0")),
-                        Op::Increment => {
-                            let (prefix, last) = before.rsplit_once('.').unwrap();
-                            let next = last.parse::<u32>().unwrap() + 1;
-                            prop_assert_eq!(after, format!("{prefix}.{next}"));
-                        }
+                let shown = cv.to_string();
+                prop_assert!(shown.trim_end_matches('!').len() <= max, "{} > {}", shown, max);
+                prop_assert!(shown.len() <= max + 1);
+            }
+        }
+
+        #[test]
+        fn a_terminated_vector_never_changes(text in vector_text(), ops in ops()) {
+            let Some(mut cv) = CorrelationVector::parse(&text) else { return Ok(()) };
+            let mut frozen_as: Option<String> = None;
+            for op in ops {
+                match op {
+                    Op::Extend => cv.extend(),
+                    Op::Increment => cv.increment(),
+                }
+                let shown = cv.to_string();
+                if let Some(frozen) = &frozen_as {
+                    prop_assert_eq!(&shown, frozen);
+                } else if shown.ends_with('!') {
+                    frozen_as = Some(shown);
+                }
+            }
+        }
+
+        #[test]
+        fn extend_appends_zero_and_increment_bumps_the_last_element(
+            text in vector_text(),
+            op in prop_oneof![Just(Op::Extend), Just(Op::Increment)],
+        ) {
+            let Some(mut cv) = CorrelationVector::parse(&text) else { return Ok(()) };
+            let before = cv.to_string();
+            match op {
+                Op::Extend => cv.extend(),
+                Op::Increment => cv.increment(),
+            }
+            let after = cv.to_string();
+            if before.ends_with('!') {
+                prop_assert_eq!(after, before);
+            } else if after.ends_with('!') {
+                // Too long (or the element would overflow): frozen as it was.
+                prop_assert_eq!(after, format!("{before}!"));
+            } else {
+                match op {
+                    Op::Extend => prop_assert_eq!(after, format!("{before}.0")),
+                    Op::Increment => {
+                        let (prefix, last) = before.rsplit_once('.').unwrap();
+                        let next = last.parse::<u32>().unwrap() + 1;
+                        prop_assert_eq!(after, format!("{prefix}.{next}"));
                     }
                 }
             }
+        }
 
-            #[test]
-            fn every_attempt_vector_starts_with_the_callers(text in vector_text(), n in 1usize..20) {
-                prop_assume!(CorrelationVector::parse(&text).is_some());
-                let mut cv = CorrelationVector::for_call(Some(&text));
-                let stem = text.trim_end_matches('!');
-                for _ in 0..n {
-                    let sent = cv.next_attempt();
-                    prop_assert!(sent.starts_with(stem), "{} does not extend {}", sent, text);
-                    prop_assert!(CorrelationVector::parse(&sent).is_some(), "{}", sent);
-                }
+        #[test]
+        fn every_attempt_vector_starts_with_the_callers(text in vector_text(), n in 1usize..20) {
+            prop_assume!(CorrelationVector::parse(&text).is_some());
+            let mut cv = CorrelationVector::for_call(Some(&text));
+            let stem = text.trim_end_matches('!');
+            for _ in 0..n {
+                let sent = cv.next_attempt();
+                prop_assert!(sent.starts_with(stem), "{} does not extend {}", sent, text);
+                prop_assert!(CorrelationVector::parse(&sent).is_some(), "{}", sent);
             }
+        }
 
-            #[test]
-            fn seeded_vectors_are_valid_v1(_n in 0..10u8) {
-                let seed = CorrelationVector::seed().to_string();
-                prop_assert_eq!(seed.len(), 18);
-                prop_assert!(CorrelationVector::parse(&seed).is_some());
-            }
+        #[test]
+        fn seeded_vectors_are_valid_v1(_n in 0..10u8) {
+            let seed = CorrelationVector::seed().to_string();
+            prop_assert_eq!(seed.len(), 18);
+            prop_assert!(CorrelationVector::parse(&seed).is_some());
+        }
+
+        #[test]
+        fn arbitrary_text_parses_without_panic(text in any::<String>()) {
+            fuzzing::ms_cv(text.as_bytes());
+        }
+
+        #[test]
+        fn vectors_one_character_off_parse_valid_or_not_at_all(
+            text in fuzzing::one_char_off(vector_text(), &['.', '!', '0', '9', 'a', '+', '/', '-', ' ']),
+        ) {
+            fuzzing::ms_cv(text.as_bytes());
+        }
+
+        #[test]
+        fn well_formed_vectors_meet_the_shared_properties(text in vector_text()) {
+            // Extends and increments are picked by the text's own bytes.
+            fuzzing::ms_cv(text.as_bytes());
         }
     }
 }

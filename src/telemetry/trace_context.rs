@@ -124,3 +124,52 @@ mod tests {
         assert_eq!(fresh.len(), 55);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::traceparent`]'s properties (shared with its fuzz target) over
+    //! arbitrary text and well-formed headers with one character changed; plus that a
+    //! well-formed header's fields are kept exactly.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const HEADER: &str = "[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[ -~]{0,8})?";
+
+    /// Well-formed headers (some with a zero id) one character off.
+    fn header_one_off() -> impl Strategy<Value = String> {
+        let header = prop_oneof![
+            HEADER,
+            "00-0{32}-[0-9a-f]{16}-01",
+            "00-[0-9a-f]{32}-0{16}-01",
+        ];
+        fuzzing::one_char_off(header, &['-', '0', 'f', 'F', 'g', ' ', '\t'])
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_parses_without_panic(text in any::<String>()) {
+            fuzzing::traceparent(text.as_bytes());
+        }
+
+        #[test]
+        fn headers_one_character_off_are_continued_or_refused(text in header_one_off()) {
+            fuzzing::traceparent(text.as_bytes());
+        }
+
+        #[test]
+        fn a_well_formed_header_is_continued_exactly(
+            version in 0u8..0xff,
+            trace_id in 1u128..,
+            parent_id in 1u64..,
+            flags in any::<u8>(),
+        ) {
+            let header = format!("{version:02x}-{trace_id:032x}-{parent_id:016x}-{flags:02x}");
+            fuzzing::traceparent(header.as_bytes());
+            let context = TraceContext::parse(&header).expect("a well-formed header");
+            prop_assert_eq!((context.trace_id, context.flags), (trace_id, flags));
+            prop_assert_ne!(context.span_id, 0);
+        }
+    }
+}

@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use super::redact::Redactor;
+
 /// The Store's documented inner error codes, searched for in `innererror`.
 pub const DOCUMENTED_INNER_CODES: [&str; 4] = [
     "AuthenticationTokenInvalid",
@@ -26,14 +28,21 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    /// Parses `body`; anything that is not JSON counts as one opaque text.
+    /// Parses `body` with no secret to remove (see [`ErrorBody::parse_redacted`]).
     pub fn parse(body: &[u8]) -> Self {
+        Self::parse_redacted(body, &Redactor::none())
+    }
+
+    /// Parses `body`; anything that is not JSON counts as one opaque text. The message and the
+    /// inner code are scrubbed of `secrets` before they are shortened (so that no cut-off
+    /// piece of a secret survives), then of anything that looks like a JWT or a URL.
+    pub fn parse_redacted(body: &[u8], secrets: &Redactor<'_>) -> Self {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
             return Self {
                 inner_code: None,
-                message: (!text.is_empty()).then(|| clean(text)),
+                message: (!text.is_empty()).then(|| clean(&secrets.scrub(text))),
                 texts: vec![text.chars().take(4096).collect()],
             };
         };
@@ -41,13 +50,13 @@ impl ErrorBody {
         let mut texts = Vec::new();
         collect_texts(&json, &mut texts);
         Self {
-            inner_code: inner_code(inner, &json),
+            inner_code: inner_code(inner, &json).map(|code| secrets.scrub(&code).into_owned()),
             message: inner
                 .and_then(|i| field(i, "message"))
                 .or_else(|| field(&json, "message"))
                 .or_else(|| field(&json, "error_description"))
                 .and_then(Value::as_str)
-                .map(clean),
+                .map(|text| clean(&secrets.scrub(text))),
             texts,
         }
     }
@@ -183,5 +192,76 @@ mod tests {
         let text = "key eyJhbGciOi.eyJhdWQi.sig is bad at https://x.example/y";
         assert_eq!(clean(text), "key [redacted] is bad at [redacted]");
         assert!(clean(&"a ".repeat(400)).ends_with("..."));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::error_body`]'s properties (shared with its fuzz target) over arbitrary
+    //! bytes, JSON bodies of any shape around the fields that are read, and deep nesting.
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use crate::fuzzing;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            prop::sample::select(vec![
+                "InconsistentClientId",
+                "skuId : bad",
+                "eyJhbGciOi.eyJhdWQi.sig",
+                "https://x.example/y",
+                "",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            text().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            let key = prop::sample::select(vec![
+                "code",
+                "message",
+                "innererror",
+                "innerError",
+                "data",
+                "x",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(key.prop_map(str::to_owned), inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_parse_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+            fuzzing::error_body(&bytes);
+        }
+
+        #[test]
+        fn json_bodies_of_any_shape_parse_without_panic(
+            code in json_value(), message in json_value(), inner in json_value(),
+        ) {
+            let body = json!({ "code": code, "message": message, "innererror": inner });
+            fuzzing::error_body(body.to_string().as_bytes());
+        }
+
+        #[test]
+        fn deep_nesting_parses_without_panic(depth in 0usize..400, open in "[\\[{]") {
+            let close = if open == "[" { "]" } else { "}" };
+            let body = format!("{}{}", open.repeat(depth), close.repeat(depth));
+            fuzzing::error_body(body.as_bytes());
+        }
     }
 }

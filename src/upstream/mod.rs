@@ -5,6 +5,7 @@
 
 mod error_body;
 mod host;
+pub mod redact;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,10 +17,12 @@ use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
 };
 use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
 
 pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
 pub use host::Host;
+pub use redact::Redactor;
 
 use crate::resilience::breaker::CircuitBreaker;
 use crate::resilience::retry::{RetryAdvice, RetryBudget, Retryable};
@@ -126,6 +129,15 @@ impl UpstreamIds {
     /// The ids among `headers`.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         Self(ID_HEADERS.map(|name| headers.get(name).cloned()))
+    }
+
+    /// Replaces each id that carries one of `secrets` (a Store echoing a token in a header).
+    pub fn scrub(&mut self, secrets: &Redactor<'_>) {
+        for value in self.0.iter_mut().flatten() {
+            if let Some(scrubbed) = secrets.scrub_header(value) {
+                *value = scrubbed;
+            }
+        }
     }
 
     /// The ids present, as (lower-case header name, value).
@@ -298,6 +310,9 @@ pub struct StoreClient {
     http: reqwest::Client,
     hosts: Arc<EnumMap<Host, Arc<Base>>>,
     attempt_timeout: Duration,
+    /// The facade's client secret, scrubbed out of every answer like the request's own
+    /// secrets (the Store is never sent it, so it can only quote it by accident).
+    client_secret: Option<Arc<SecretString>>,
 }
 
 /// A 2xx answer, not decoded yet (no `Debug`: the body may carry a key).
@@ -347,6 +362,7 @@ impl StoreClient {
                 Base::new(host, &urls[host], config, metrics)
             })),
             attempt_timeout: config.upstream_timeout,
+            client_secret: None,
         }
     }
 
@@ -360,13 +376,23 @@ impl StoreClient {
         self.hosts.values().any(|base| base.breaker.is_open())
     }
 
+    /// Scrubs `secret` out of every answer too (see [`redact`]).
+    pub fn with_client_secret(mut self, secret: Option<SecretString>) -> Self {
+        self.client_secret = secret.map(Arc::new);
+        self
+    }
+
     /// Sends `request` to `host` through its circuit breaker, in a client span named by its
-    /// route, with the correlation headers of this attempt.
+    /// route, with the correlation headers of this attempt. `secrets` are the secret values
+    /// the request carries besides its `Authorization` header (the token or ticket in its
+    /// body, Store keys): they, the header's credential and the client secret are scrubbed
+    /// from the answer's text and ids before anything of it leaves this function.
     pub async fn exchange(
         &self,
         host: Host,
         request: UpstreamRequest,
         correlation: &Correlation,
+        mut secrets: Redactor<'_>,
     ) -> Result<Reply, UpstreamError> {
         let base = &self.hosts[host];
         let permit = base
@@ -381,8 +407,14 @@ impl StoreClient {
         span.record("ms_cv", correlation.ms_cv.as_str());
         let traceparent = otel::traceparent(&span);
         let traceparent = traceparent.as_deref().unwrap_or(&correlation.traceparent);
+        if let Some(value) = &request.authorization {
+            secrets.authorization(value);
+        }
+        if let Some(secret) = &self.client_secret {
+            secrets.secret(secret.expose_secret());
+        }
         let outcome = self
-            .send(base, request, &correlation.ms_cv, traceparent)
+            .send(base, &request, &correlation.ms_cv, traceparent, &secrets)
             .instrument(span.clone())
             .await;
         let status = match &outcome {
@@ -401,15 +433,15 @@ impl StoreClient {
         outcome
     }
 
-    fn build(&self, base: &Base, request: UpstreamRequest) -> reqwest::RequestBuilder {
+    fn build(&self, base: &Base, request: &UpstreamRequest) -> reqwest::RequestBuilder {
         let mut url = String::with_capacity(base.prefix.len() + request.path.len());
         url.push_str(&base.prefix);
         url.push_str(&request.path);
         let mut builder = self.http.request(request.route.method.clone(), url);
-        if let Some(authorization) = request.authorization {
-            builder = builder.header(AUTHORIZATION, authorization);
+        if let Some(authorization) = &request.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
         }
-        match request.json {
+        match request.json.clone() {
             Some(body) => builder
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(body),
@@ -424,9 +456,10 @@ impl StoreClient {
     async fn send(
         &self,
         base: &Base,
-        request: UpstreamRequest,
+        request: &UpstreamRequest,
         ms_cv: &str,
         traceparent: &str,
+        secrets: &Redactor<'_>,
     ) -> Result<Reply, UpstreamError> {
         let host = &base.host;
         let transport = |kind| UpstreamError::Transport {
@@ -442,7 +475,8 @@ impl StoreClient {
             .await
             .map_err(|e| transport(classify(&e)))?;
         let status = response.status();
-        let ids = UpstreamIds::from_headers(response.headers());
+        let mut ids = UpstreamIds::from_headers(response.headers());
+        ids.scrub(secrets);
         let body = match read_body(&mut response).await {
             Ok(body) => body,
             // A non-2xx answer is mapped on its status; its body only adds detail, so one
@@ -471,7 +505,7 @@ impl StoreClient {
             http_status: status,
             retry_after: retry_after(response.headers()),
             ids,
-            body: ErrorBody::parse(&body),
+            body: ErrorBody::parse_redacted(&body, secrets),
         })))
     }
 }
@@ -614,6 +648,68 @@ mod tests {
                 kind,
             };
             assert!(error.counts_against_host(), "{kind:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::retry_after`]'s properties (shared with its fuzz target) over
+    //! arbitrary header bytes, delay-seconds of any length, and HTTP dates in the three
+    //! formats for any second up to year 9999, as sent and with one character changed.
+    use std::time::UNIX_EPOCH;
+
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    /// The latest second an HTTP date can name: 9999-12-31T23:59:59Z.
+    const LAST: u64 = 253_402_300_799;
+    const WEEKDAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+
+    fn http_date() -> impl Strategy<Value = String> {
+        let second = prop_oneof![0..=LAST, Just(LAST), Just(0)];
+        (second, 0..3).prop_map(|(second, format)| {
+            let date = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(second));
+            // IMF-fixdate as sent; the obsolete RFC 850 and asctime forms from its parts.
+            let parts: Vec<&str> = date.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+            match (format, parts.as_slice()) {
+                (1, [day, dd, mon, year, time, _]) => {
+                    let day = WEEKDAYS.iter().find(|d| d.starts_with(day)).unwrap_or(day);
+                    format!("{day}, {dd}-{mon}-{} {time} GMT", &year[year.len() - 2..])
+                }
+                (2, [day, dd, mon, year, time, _]) => format!("{day} {mon} {dd:>2} {time} {year}"),
+                _ => date,
+            }
+        })
+    }
+
+    fn header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ \t]?[0-9]{1,40}[ \t]?",
+            "[-+]?[0-9]{0,6}(\\.[0-9]{0,3})?",
+            http_date(),
+            fuzzing::one_char_off(http_date(), &['0', '9', ' ', ',', ':', '-', 'x']),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_header_bytes_are_read_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+            fuzzing::retry_after(&bytes);
+        }
+
+        #[test]
+        fn any_delay_or_date_is_at_most_a_day(value in header()) {
+            fuzzing::retry_after(value.as_bytes());
         }
     }
 }

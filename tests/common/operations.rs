@@ -104,6 +104,12 @@ pub struct Op {
     /// Calls the operation against the sandbox emulator with `magic` where the emulator
     /// reads magic ids for this operation (`None`: a call that succeeds).
     pub sandbox_call: fn(Channel, Option<&'static str>, Option<Duration>) -> Called,
+    /// Contract, section 6: the fields of the upstream JSON body that carry a secret (keys,
+    /// tickets, tokens); the `Authorization` header always does.
+    pub secret_fields: &'static [&'static str],
+    /// Makes the call [`Op::call`] makes with variant 0, but with the caller's own service
+    /// ticket `ticket`; `None` when the operation takes none.
+    pub call_with_ticket: Option<fn(Channel, &'static str) -> Called>,
 }
 
 impl Op {
@@ -302,6 +308,8 @@ pub const GET_OFFLINE_LICENSE: Op = Op {
     }),
     // Contract, section 1: every id is required.
     call_invalid: |channel| answer_dropped(get_offline_license(channel, Default::default(), None)),
+    secret_fields: &[],
+    call_with_ticket: None,
     sandbox_call: |channel, magic, timeout| {
         let message = pb::GetOfflineLicenseRequest {
             product_id: magic.unwrap_or("9NBLGGH4R2R6").to_owned(),
@@ -392,6 +400,14 @@ pub const RENEW_KEY: Op = Op {
     call_for_tenant: None,
     // Contract, section 1: `key` is required.
     call_invalid: |channel| answer_dropped(renew_key(channel, Default::default(), None)),
+    secret_fields: &["serviceTicket", "key"],
+    call_with_ticket: Some(|channel, ticket| {
+        let message = pb::RenewKeyRequest {
+            service_ticket: ticket.to_owned(),
+            ..renew_variant(0)
+        };
+        answer_dropped(renew_key(channel, message, None))
+    }),
     sandbox_call: |channel, magic, timeout| {
         let message = pb::RenewKeyRequest {
             key: StoreKeySpec::new(Host::Collections)

@@ -1,0 +1,4 @@
+//! Fuzz target: `msstore_facade::fuzzing::token_response` (what it checks is documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| msstore_facade::fuzzing::token_response(data));

@@ -1,0 +1,4 @@
+//! Fuzz target: `msstore_facade::fuzzing::traceparent` (what it checks is documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| msstore_facade::fuzzing::traceparent(data));
