@@ -133,11 +133,7 @@ impl UpstreamIds {
 
     /// Replaces each id that carries one of `secrets` (a Store echoing a token in a header).
     pub fn scrub(&mut self, secrets: &Redactor<'_>) {
-        for value in self.0.iter_mut().flatten() {
-            if let Some(scrubbed) = secrets.scrub_header(value) {
-                *value = scrubbed;
-            }
-        }
+        secrets.scrub_headers(&mut self.0);
     }
 
     /// The ids present, as (lower-case header name, value).

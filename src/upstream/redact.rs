@@ -43,38 +43,55 @@ impl<'a> Redactor<'a> {
         self
     }
 
-    /// Adds the credential of an `Authorization` header value: the whole value and the part
-    /// after its scheme (`Bearer <token>`).
+    /// Adds the credential of an `Authorization` header value: the part after its scheme
+    /// (`Bearer <token>`), or the whole value when it has none.
     pub fn authorization(&mut self, value: &'a HeaderValue) -> &mut Self {
         self.authorization = Some(value);
         self
     }
 
-    /// Every value to remove, longest first (a whole key goes before its parts, leaving one
-    /// marker).
-    fn patterns(&self) -> Vec<&'a str> {
-        let header = self.authorization.and_then(|value| value.to_str().ok());
-        let credential = header.and_then(|text| text.split_once(' ')).map(|(_, c)| c);
+    /// Every value of at most `limit` bytes to remove (longer ones cannot occur in a text of
+    /// that length): each secret, and each dotted part of at least [`MIN_PART`] characters.
+    /// Allocates nothing when none is that short, as on a success path whose ids are short.
+    fn patterns(&self, limit: usize) -> Vec<&'a str> {
+        // The header's credential (after its scheme) is the secret; the whole value contains
+        // it. `from_utf8` rather than `HeaderValue::to_str`: this runs on every call, and the
+        // latter checks a kilobyte-long token byte by byte.
+        let credential = self
+            .authorization
+            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
+            .map(|text| {
+                text.split_once(' ')
+                    .map_or(text, |(_, credential)| credential)
+            })
+            .filter(|credential| !self.values.contains(credential));
         let mut patterns = Vec::new();
-        for value in self.values.iter().copied().chain(header).chain(credential) {
+        for value in self.values.iter().copied().chain(credential) {
             let value = value.trim();
             if value.len() < MIN_SECRET {
                 continue;
             }
-            patterns.push(value);
+            if value.len() <= limit {
+                patterns.push(value);
+            }
             if value.contains('.') {
-                patterns.extend(value.split('.').filter(|part| part.len() >= MIN_PART));
+                patterns.extend(
+                    value
+                        .split('.')
+                        .filter(|part| part.len() >= MIN_PART && part.len() <= limit),
+                );
             }
         }
-        patterns.sort_unstable_by_key(|value| std::cmp::Reverse(value.len()));
-        patterns.dedup();
         patterns
     }
 
     /// `text` with every secret replaced by [`REDACTED`]; borrowed when none occurs.
     pub fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut patterns = self.patterns(text.len());
+        // Longest first: a whole key goes before its parts, leaving one marker.
+        patterns.sort_unstable_by_key(|value| std::cmp::Reverse(value.len()));
         let mut text = Cow::Borrowed(text);
-        for pattern in self.patterns() {
+        for pattern in patterns {
             if text.contains(pattern) {
                 text = Cow::Owned(text.replace(pattern, REDACTED));
             }
@@ -82,13 +99,33 @@ impl<'a> Redactor<'a> {
         text
     }
 
-    /// `value` unchanged (`None`), or [`REDACTED`] when it carries a secret (a header value
-    /// is not worth keeping in part).
-    pub fn scrub_header(&self, value: &HeaderValue) -> Option<HeaderValue> {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        match self.scrub(&text) {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(_) => Some(HeaderValue::from_static(REDACTED)),
+    /// Replaces each of `values` that carries a secret by [`REDACTED`] whole (a header value
+    /// is not worth keeping in part). On the hot path: secrets longer than the longest value
+    /// are never looked for, so with the usual short ids this costs a few comparisons.
+    pub fn scrub_headers(&self, values: &mut [Option<HeaderValue>]) {
+        let longest = values
+            .iter()
+            .flatten()
+            .map(HeaderValue::len)
+            .max()
+            .unwrap_or(0);
+        if longest < MIN_SECRET {
+            return;
+        }
+        let patterns = self.patterns(longest);
+        if patterns.is_empty() {
+            return;
+        }
+        for value in values.iter_mut().flatten() {
+            let bytes = value.as_bytes();
+            let carries = patterns.iter().any(|pattern| {
+                bytes
+                    .windows(pattern.len())
+                    .any(|window| window == pattern.as_bytes())
+            });
+            if carries {
+                *value = HeaderValue::from_static(REDACTED);
+            }
         }
     }
 }
@@ -122,14 +159,20 @@ mod tests {
         let header = HeaderValue::from_static("Bearer opaque-ticket-0123456789");
         let mut redactor = Redactor::none();
         redactor.authorization(&header);
-        let echoed = HeaderValue::from_static("cv-opaque-ticket-0123456789-x");
+        let mut values = [
+            Some(HeaderValue::from_static("cv-opaque-ticket-0123456789-x")),
+            Some(HeaderValue::from_static(
+                "8f14e45f-ceea-467f-a9f3-9c5d4b0d0a11",
+            )),
+            None,
+        ];
+        redactor.scrub_headers(&mut values);
+        assert_eq!(values[0], Some(HeaderValue::from_static(REDACTED)));
         assert_eq!(
-            redactor.scrub_header(&echoed),
-            Some(HeaderValue::from_static(REDACTED))
-        );
-        assert_eq!(
-            redactor.scrub_header(&HeaderValue::from_static("abc")),
-            None
+            values[1],
+            Some(HeaderValue::from_static(
+                "8f14e45f-ceea-467f-a9f3-9c5d4b0d0a11"
+            ))
         );
     }
 }
