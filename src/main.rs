@@ -236,6 +236,7 @@ fn exit_code(result: Result<(), impl std::fmt::Display>, server: &str) -> ExitCo
 fn print_sandbox_key(args: &SandboxKeyArgs) -> ExitCode {
     let mut spec = StoreKeySpec::new(args.key_type.into())
         .client_id(&args.client_id)
+        .user_id(&args.user_id)
         .refresh_base(args.emulator_url.clone());
     if let Some(magic) = &args.magic {
         spec = spec.payload(magic);

@@ -14,6 +14,12 @@ use msstore_facade::upstream::Host;
 use serde_json::{json, Value};
 
 const ONESTORE: &str = "https://onestore.microsoft.com";
+/// The key-creation audiences (store-services-apis.md 1.1): tokens for client apps, never
+/// accepted by a Store endpoint.
+const KEY_CREATION_AUDIENCES: [&str; 2] = [
+    "https://onestore.microsoft.com/b2b/keys/create/collections",
+    "https://onestore.microsoft.com/b2b/keys/create/purchase",
+];
 const KEY_CLAIMS: &str = "http://schemas.microsoft.com/marketplace/2015/08/claims/key/";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -125,6 +131,14 @@ fn with_exp(token: &str, exp: i64) -> String {
     format!("{}.{claims_part}.{}", parts[0], parts[2])
 }
 
+/// A sandbox token from `emulator` for `scope`, answered as (status, JSON).
+async fn token_for_scope(emulator: &Endpoints, scope: &str) -> (u16, Value) {
+    let mut form = sandbox_secret_form();
+    form.retain(|(name, _)| *name != "scope");
+    form.push(("scope", scope));
+    emulator_token_request(emulator, SANDBOX_TENANT, &form).await
+}
+
 fn assert_entra_error(status: u16, body: &Value, expected_status: u16, error: &str, code: u64) {
     assert_eq!(status, expected_status, "{body}");
     assert_eq!(body["error"], error, "{body}");
@@ -170,6 +184,43 @@ async fn token_endpoint_grants_jwt_shaped_onestore_tokens_for_the_sandbox_secret
     let iat = claims["iat"].as_i64().unwrap();
     assert!(iat >= before && iat <= now(), "{claims}");
     assert_eq!(claims["exp"].as_i64().unwrap() - iat, 3599);
+}
+
+#[tokio::test]
+async fn token_endpoint_grants_key_creation_tokens_whose_aud_is_the_scope_without_default() {
+    let emulator = start_emulator().await;
+    for audience in KEY_CREATION_AUDIENCES {
+        let (status, body) =
+            token_for_scope(&emulator.endpoints(), &format!("{audience}/.default")).await;
+        assert_eq!(status, 200, "{audience}: {body}");
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], 3599);
+        let claims = claims(body["access_token"].as_str().unwrap());
+        assert_eq!(claims["aud"], audience, "{claims}");
+        assert_eq!(claims["appid"], SANDBOX_CLIENT_ID);
+        assert!(claims["tid"].as_str().is_some_and(|t| t.len() == 36));
+    }
+}
+
+#[tokio::test]
+async fn token_endpoint_refuses_unknown_scopes_naming_the_three_it_grants() {
+    let emulator = start_emulator().await;
+    let unknown = [
+        "https://onestore.microsoft.com/b2b/keys/create/.default",
+        "https://onestore.microsoft.com/b2b/keys/create/collections",
+        "https://onestore.microsoft.com/b2b/keys/create/purchase/",
+        "https://onestore.microsoft.com/b2b/keys/renew/.default",
+        "https://graph.microsoft.com/.default",
+    ];
+    for scope in unknown {
+        let (status, body) = token_for_scope(&emulator.endpoints(), scope).await;
+        assert_entra_error(status, &body, 400, "invalid_scope", 70_011);
+        let description = body["error_description"].as_str().unwrap();
+        for audience in [ONESTORE].into_iter().chain(KEY_CREATION_AUDIENCES) {
+            let valid = format!("{audience}/.default");
+            assert!(description.contains(&valid), "{scope}: {description}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -368,6 +419,43 @@ async fn offline_license_needs_a_token_issued_by_the_emulator() {
     }
 }
 
+#[tokio::test]
+async fn store_endpoints_refuse_key_creation_tokens_as_a_foreign_audience_but_take_the_service_token(
+) {
+    let (_emulator, endpoints, service_token) = emulator_and_token().await;
+    let key = StoreKeySpec::new(Host::Collections).mint();
+    for audience in KEY_CREATION_AUDIENCES {
+        let (_, body) = token_for_scope(&endpoints, &format!("{audience}/.default")).await;
+        let token = body["access_token"].as_str().unwrap();
+
+        let answer = license(&endpoints, "9NBLGGH4R2R6", Some(token)).await;
+        answer.assert_unauthorized("AuthenticationTokenInvalid", audience);
+        let message = answer.json()["innererror"]["message"].clone();
+        assert_eq!(
+            message,
+            format!(
+                "Authentication token supplied is invalid: the token's audience is not {ONESTORE}."
+            ),
+            "{audience}"
+        );
+        assert!(
+            !answer.body.contains(token),
+            "{audience}: the token is echoed"
+        );
+
+        let answer = renew(&endpoints, Host::Collections, token, &key).await;
+        answer.assert_unauthorized("AuthenticationTokenInvalid", audience);
+        assert!(
+            !answer.body.contains(token),
+            "{audience}: the token is echoed"
+        );
+    }
+    let licensed = license(&endpoints, "9NBLGGH4R2R6", Some(&service_token)).await;
+    assert_eq!(licensed.status, 200, "{}", licensed.body);
+    let renewed = renew(&endpoints, Host::Collections, &service_token, &key).await;
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Key renewal
 
@@ -405,6 +493,21 @@ async fn renew_issues_a_30_day_key_for_the_same_client_carrying_user_and_payload
         // The new key renews in turn.
         assert_eq!(renew(&endpoints, host, &token, &new_key).await.status, 200);
     }
+}
+
+#[tokio::test]
+async fn sandbox_key_user_flag_sets_the_user_id_claim_and_renewal_keeps_it() {
+    let user_id = |key: &str| claims(key)[format!("{KEY_CLAIMS}userId")].clone();
+    assert_eq!(user_id(&sandbox_key(&[])), "sandbox-user");
+    let key = sandbox_key(&["--user", "alice"]);
+    assert_eq!(user_id(&key), "alice");
+    let purchase_key = sandbox_key(&["--type", "purchase", "--user", "alice"]);
+    assert_eq!(user_id(&purchase_key), "alice");
+
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let answer = renew(&endpoints, Host::Collections, &token, &key).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(user_id(answer.json()["key"].as_str().unwrap()), "alice");
 }
 
 #[tokio::test]

@@ -380,18 +380,6 @@ async fn health(channel: &Channel) -> tonic_health::pb::health_check_response::S
         .status()
 }
 
-/// Runs `msstore-facade sandbox-key args...` and returns the key it prints.
-fn sandbox_key(args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_msstore-facade"))
-        .arg("sandbox-key")
-        .args(args)
-        .env_clear()
-        .output()
-        .expect("the binary runs");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test]
 async fn sandbox_binary_answers_every_operation_with_no_configuration_and_exits_zero_on_sigterm() {
     use tonic_health::pb::health_check_response::ServingStatus;

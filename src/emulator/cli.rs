@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use clap::{Args, ValueEnum};
 use reqwest::Url;
 
-use super::{Magic, DEFAULT_BASE_URL, DEFAULT_LISTEN, SANDBOX_CLIENT_ID};
+use super::{Magic, DEFAULT_BASE_URL, DEFAULT_LISTEN, SANDBOX_CLIENT_ID, SANDBOX_USER_ID};
 use crate::upstream::Host;
 
 /// Flags of `msstore-facade emulator`.
@@ -33,6 +33,11 @@ pub struct SandboxKeyArgs {
     /// InconsistentClientId.
     #[arg(long, default_value = SANDBOX_CLIENT_ID)]
     pub client_id: String,
+
+    /// The key's userId claim: the publisher user id a client app would pass when it asks the
+    /// Store for the key.
+    #[arg(long = "user", value_name = "ID", default_value = SANDBOX_USER_ID)]
+    pub user_id: String,
 
     /// The emulator named in the key's refreshUri claim (informational: never called).
     #[arg(long, default_value = DEFAULT_BASE_URL)]

@@ -1,7 +1,8 @@
 //! The Entra ID v2 token endpoint, `POST /login/{tenant}/oauth2/v2.0/token`: client
 //! credentials with a client secret or a client assertion, one registered application (the
-//! sandbox one), any tenant. Refusals carry Entra's own error shape and `AADSTS` codes. The
-//! secret and the assertion are compared and dropped: never logged, never echoed.
+//! sandbox one), any tenant, the three [`Audience`]s of the Store. Refusals carry Entra's own
+//! error shape and `AADSTS` codes. The secret and the assertion are compared and dropped: never
+//! logged, never echoed.
 
 use std::collections::HashMap;
 
@@ -17,12 +18,55 @@ use super::jwt::{self, Claims, JwtError};
 use super::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
 use crate::auth::TenantId;
 
-/// The audience of the tokens the Store accepts.
-pub(super) const ONESTORE_AUDIENCE: &str = "https://onestore.microsoft.com";
-const SCOPE: &str = "https://onestore.microsoft.com/.default";
+/// What a client-credentials scope names: the resource, then this suffix.
+const DEFAULT_SCOPE_SUFFIX: &str = "/.default";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Lifetime of an access token, as Entra's v2 endpoint usually grants.
 const TOKEN_LIFETIME_SECONDS: i64 = 3599;
+
+/// The audiences the emulator issues tokens for: the Store's three (store-services-apis.md 1.1).
+/// A token's `aud` is its scope without `/.default`, as Entra writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Audience {
+    /// The service access token: the only one the Store endpoints accept, and the one that
+    /// must never leave the publisher's service.
+    Service,
+    /// The collections key-creation token, handed to the client app to mint a UserCollectionsId.
+    CollectionsKeyCreation,
+    /// The purchase key-creation token, handed to the client app to mint a UserPurchaseId.
+    PurchaseKeyCreation,
+}
+
+impl Audience {
+    /// Every audience, in the order refusals name them.
+    const ALL: [Self; 3] = [
+        Self::Service,
+        Self::CollectionsKeyCreation,
+        Self::PurchaseKeyCreation,
+    ];
+
+    /// The `aud` claim of its tokens.
+    pub(super) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "https://onestore.microsoft.com",
+            Self::CollectionsKeyCreation => {
+                "https://onestore.microsoft.com/b2b/keys/create/collections"
+            }
+            Self::PurchaseKeyCreation => "https://onestore.microsoft.com/b2b/keys/create/purchase",
+        }
+    }
+
+    /// The scope a client asks for: the audience and `/.default`.
+    fn scope(self) -> String {
+        format!("{}{DEFAULT_SCOPE_SUFFIX}", self.as_str())
+    }
+
+    /// The audience `scope` asks for, if it is one of the three.
+    fn from_scope(scope: &str) -> Option<Self> {
+        let resource = scope.strip_suffix(DEFAULT_SCOPE_SUFFIX)?;
+        Self::ALL.into_iter().find(|aud| aud.as_str() == resource)
+    }
+}
 
 /// Why a bearer token or service ticket is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +75,7 @@ pub(super) enum TicketError {
     #[error("the token was not issued by this emulator")]
     NotIssuedHere(#[from] JwtError),
     /// Issued for another audience.
-    #[error("the token's audience is not {ONESTORE_AUDIENCE}")]
+    #[error("the token's audience is not {}", Audience::Service.as_str())]
     WrongAudience,
     /// Expired (or not yet valid).
     #[error("the token has expired")]
@@ -73,10 +117,11 @@ pub(super) fn bearer_ticket(headers: &axum::http::HeaderMap) -> Result<Ticket, B
     })
 }
 
-/// Checks an access token the way the Store does: issued here, for onestore, not expired.
+/// Checks an access token the way the Store does: issued here, for the service audience (a
+/// key-creation token is as foreign here as any other), not expired.
 pub(super) fn verify_ticket(token: &str) -> Result<Ticket, TicketError> {
     let claims = jwt::decode(token)?;
-    if jwt::text(&claims, "aud") != Some(ONESTORE_AUDIENCE) {
+    if jwt::text(&claims, "aud") != Some(Audience::Service.as_str()) {
         return Err(TicketError::WrongAudience);
     }
     if !jwt::is_current(&claims, now()) {
@@ -207,15 +252,7 @@ fn issue(tenant: &str, form: &HashMap<String, String>) -> Result<Value, EntraErr
     }
     let client_id = field("client_id").ok_or_else(|| missing_parameter("client_id"))?;
     let scope = field("scope").ok_or_else(|| missing_parameter("scope"))?;
-    if scope != SCOPE {
-        return Err(EntraError::bad_request(
-            "invalid_scope",
-            70_011,
-            format!(
-                "The provided value for the input parameter 'scope' is not valid. Use {SCOPE}."
-            ),
-        ));
-    }
+    let audience = Audience::from_scope(scope).ok_or_else(invalid_scope)?;
     if client_id != SANDBOX_CLIENT_ID {
         return Err(EntraError::bad_request(
             "unauthorized_client",
@@ -232,7 +269,20 @@ fn issue(tenant: &str, form: &HashMap<String, String>) -> Result<Value, EntraErr
         field("client_assertion_type"),
         field("client_assertion"),
     )?;
-    Ok(token_answer(&tenant, appidacr))
+    Ok(token_answer(&tenant, audience, appidacr))
+}
+
+/// 400 `invalid_scope`, naming the scopes the emulator grants.
+fn invalid_scope() -> EntraError {
+    let scopes: Vec<String> = Audience::ALL.into_iter().map(Audience::scope).collect();
+    EntraError::bad_request(
+        "invalid_scope",
+        70_011,
+        format!(
+            "The provided value for the input parameter 'scope' is not valid. Use one of {}.",
+            scopes.join(", ")
+        ),
+    )
 }
 
 fn check_tenant(tenant: &str) -> Result<TenantId, EntraError> {
@@ -334,11 +384,11 @@ fn missing_parameter(name: &str) -> EntraError {
     )
 }
 
-fn token_answer(tenant: &TenantId, appidacr: &str) -> Value {
+fn token_answer(tenant: &TenantId, audience: Audience, appidacr: &str) -> Value {
     let issued = now();
     let tid = tenant_guid(tenant);
     let access_token = jwt::encode(&json!({
-        "aud": ONESTORE_AUDIENCE,
+        "aud": audience.as_str(),
         "iss": format!("https://sts.windows.net/{tid}/"),
         "iat": issued,
         "nbf": issued,
@@ -388,22 +438,45 @@ mod tests {
     #[test]
     fn tickets_must_be_current_onestore_tokens_issued_here() {
         let now = now();
-        let good = token_with(
-            json!({"aud": ONESTORE_AUDIENCE, "exp": now + 60, "appid": "a", "tid": "t"}),
-        );
+        let service = Audience::Service.as_str();
+        let good = token_with(json!({"aud": service, "exp": now + 60, "appid": "a", "tid": "t"}));
         let ticket = verify_ticket(&good).unwrap();
         assert_eq!((ticket.appid.as_str(), ticket.tid.as_str()), ("a", "t"));
-        let expired = token_with(json!({"aud": ONESTORE_AUDIENCE, "exp": now - 1}));
+        let expired = token_with(json!({"aud": service, "exp": now - 1}));
         assert_eq!(verify_ticket(&expired).unwrap_err(), TicketError::Expired);
-        let graph = token_with(json!({"aud": "https://graph.microsoft.com", "exp": now + 60}));
-        assert_eq!(
-            verify_ticket(&graph).unwrap_err(),
-            TicketError::WrongAudience
-        );
+        let key_creation = [
+            Audience::CollectionsKeyCreation.as_str(),
+            Audience::PurchaseKeyCreation.as_str(),
+        ];
+        for aud in key_creation
+            .into_iter()
+            .chain(["https://graph.microsoft.com"])
+        {
+            let foreign = token_with(json!({"aud": aud, "exp": now + 60, "appid": "a"}));
+            let refusal = verify_ticket(&foreign).unwrap_err();
+            assert_eq!(refusal, TicketError::WrongAudience, "{aud}");
+        }
         assert!(matches!(
             verify_ticket("a.b.c"),
             Err(TicketError::NotIssuedHere(_))
         ));
+    }
+
+    #[test]
+    fn each_scope_names_its_audience_and_nothing_else_does() {
+        for audience in Audience::ALL {
+            assert_eq!(Audience::from_scope(&audience.scope()), Some(audience));
+            assert_eq!(Audience::from_scope(audience.as_str()), None);
+        }
+        let near_misses = [
+            "https://onestore.microsoft.com/b2b/keys/create/.default",
+            "https://onestore.microsoft.com//.default",
+            "https://graph.microsoft.com/.default",
+            "/.default",
+        ];
+        for scope in near_misses {
+            assert_eq!(Audience::from_scope(scope), None, "{scope}");
+        }
     }
 
     #[test]

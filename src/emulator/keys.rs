@@ -32,6 +32,8 @@ use crate::upstream::Host;
 
 /// Namespace of the Store's own key claims.
 const CLAIMS: &str = "http://schemas.microsoft.com/marketplace/2015/08/claims/key/";
+/// The `userId` claim of a minted key unless another is chosen.
+pub const SANDBOX_USER_ID: &str = "sandbox-user";
 /// How long a key lives (current documentation: 30 days).
 pub const KEY_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -59,7 +61,7 @@ impl StoreKeySpec {
         Self {
             host,
             client_id: SANDBOX_CLIENT_ID.to_owned(),
-            user_id: "sandbox-user".to_owned(),
+            user_id: SANDBOX_USER_ID.to_owned(),
             payload: "sandbox".to_owned(),
             issued_at: now(),
             lifetime: KEY_LIFETIME,
@@ -73,7 +75,8 @@ impl StoreKeySpec {
         self
     }
 
-    /// The `userId` claim.
+    /// The `userId` claim: the publisher user id the client passed when it asked the Store for
+    /// the key.
     pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
         self.user_id = user_id.into();
         self

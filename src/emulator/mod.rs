@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use cli::{EmulatorArgs, SandboxKeyArgs, SandboxKeyType};
-pub use keys::{StoreKeySpec, KEY_LIFETIME};
+pub use keys::{StoreKeySpec, KEY_LIFETIME, SANDBOX_USER_ID};
 pub use magic::Magic;
 
 use crate::config::SandboxUpstreams;

@@ -105,6 +105,18 @@ impl Process {
     }
 }
 
+/// Runs `msstore-facade sandbox-key args...` and returns the key it prints.
+pub fn sandbox_key(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_msstore-facade"))
+        .arg("sandbox-key")
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// A channel to the facade at `addr` (as the binary logs it).
 pub async fn channel_to(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
