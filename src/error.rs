@@ -32,6 +32,11 @@ pub struct ErrorMapping {
     pub fields: &'static [(&'static str, &'static str)],
     /// (HTTP status, gRPC code) pairs that replace the common table's code.
     pub overrides: &'static [(u16, Code)],
+    /// Whether an attempt whose answer was lost (the connection dropped or the attempt timed
+    /// out after the request was sent, so the Store may have processed it) is retried: only
+    /// for operations that the Store makes idempotent (ConsumeProduct, by its tracking id).
+    /// Connect errors, 408, 429 with `Retry-After`, 502, 503 and 504 are retried either way.
+    pub retry_lost_answers: bool,
 }
 
 impl ErrorMapping {
@@ -80,6 +85,14 @@ pub enum ApiError {
     TenantNotAllowed {
         /// The tenant the call named.
         tenant: TenantId,
+    },
+    /// The caller's Store ID key has expired: the client must mint a new one.
+    #[error("the Store ID key in {field} expired")]
+    StoreKeyExpired {
+        /// The request field that carried the key.
+        field: &'static str,
+        /// The key's `exp` claim, seconds since the Unix epoch.
+        expires_at: i64,
     },
     /// No token could be had.
     #[error(transparent)]
@@ -158,7 +171,10 @@ impl Retryable for ApiError {
     /// Whether the upstream failure behind this error may be retried, and when.
     fn retry_advice(&self) -> Option<RetryAdvice> {
         match self {
-            Self::Upstream { error, .. } => error.retry_advice(),
+            Self::Upstream { mapping, error } => error.retry_advice().or_else(|| {
+                (mapping.retry_lost_answers && error.answer_lost())
+                    .then_some(RetryAdvice { after: None })
+            }),
             _ => None,
         }
     }
@@ -252,6 +268,21 @@ fn map(error: ApiError) -> Mapped {
             format!("tenant_id {tenant} is not among the tenants this facade may act for"),
         )
         .with_info("tenant_id", tenant),
+        ApiError::StoreKeyExpired { field, expires_at } => {
+            let at = prost_types::Timestamp {
+                seconds: expires_at,
+                nanos: 0,
+            };
+            Mapped::facade(
+                Code::FailedPrecondition,
+                "STORE_KEY_EXPIRED",
+                format!(
+                    "the Store ID key in {field} expired at {at}; get a new key from the user's client app"
+                ),
+            )
+            .with_info("field", field)
+            .with_info("expires_at", at)
+        }
         ApiError::Token(error) => map_token(&error),
         ApiError::Upstream { mapping, error } => map_upstream(mapping, *error),
         ApiError::DeadlineExceeded { budget } => Mapped::facade(
@@ -503,10 +534,12 @@ mod tests {
         const COMMON: ErrorMapping = ErrorMapping {
             fields: &[],
             overrides: &[],
+            retry_lost_answers: false,
         };
         const RENEW: ErrorMapping = ErrorMapping {
             fields: &[],
             overrides: &[(409, Code::Aborted)],
+            retry_lost_answers: false,
         };
         for mapping in [&COMMON, &RENEW] {
             assert_eq!(mapping.code_for(502), Code::Unavailable);

@@ -168,7 +168,7 @@ fn echo(status: u16, secret_fields: &'static [&'static str]) -> impl wiremock::R
         let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
         let fields: Vec<String> = secret_fields
             .iter()
-            .filter_map(|field| json[field].as_str().map(str::to_owned))
+            .filter_map(|field| json.pointer(field)?.as_str().map(str::to_owned))
             .collect();
         let quoted = fields
             .first()
@@ -195,7 +195,7 @@ async fn sent_secrets(op: &Op, store: &wiremock::MockServer) -> Vec<(&'static st
     for request in store.received_requests().await.unwrap_or_default() {
         let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
         for field in op.secret_fields {
-            let Some(value) = json[field].as_str() else {
+            let Some(value) = json.pointer(field).and_then(|v| v.as_str()) else {
                 continue;
             };
             secrets.push((*field, value.to_owned()));

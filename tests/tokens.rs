@@ -322,3 +322,174 @@ async fn unreadable_assertion_file_is_an_internal_error_naming_it() {
     );
     assert!(h.token_requests().await.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// StoreKeys/GetKeyCreationTokens: the two key-creation audiences, cached like the service token.
+
+const COLLECTIONS_SCOPE: &str =
+    "https://onestore.microsoft.com/b2b/keys/create/collections/.default";
+const PURCHASE_SCOPE: &str = "https://onestore.microsoft.com/b2b/keys/create/purchase/.default";
+const SERVICE_SCOPE: &str = "https://onestore.microsoft.com/.default";
+
+fn key_creation_request(
+    tenant: &str,
+) -> msstore_facade::proto::msstore::v1::GetKeyCreationTokensRequest {
+    msstore_facade::proto::msstore::v1::GetKeyCreationTokensRequest {
+        tenant_id: tenant.to_owned(),
+    }
+}
+
+/// The scope of each token request received so far, with the token it was answered with
+/// (`<TOKEN_PREFIX>-n`, n in request order).
+async fn scopes(h: &Harness) -> Vec<String> {
+    h.token_requests()
+        .await
+        .iter()
+        .map(|(_, form)| field(form, "scope").unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn key_creation_tokens_are_one_per_key_creation_audience_and_never_the_service_token() {
+    let h = Harness::start().await;
+    let before = std::time::SystemTime::now();
+    let tokens = h
+        .keys()
+        .get_key_creation_tokens(key_creation_request(""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut asked = scopes(&h).await;
+    asked.sort();
+    assert_eq!(asked, [COLLECTIONS_SCOPE, PURCHASE_SCOPE]);
+    for (path, form) in h.token_requests().await {
+        assert_eq!(path, format!("/{TENANT}/oauth2/v2.0/token"));
+        assert_eq!(field(&form, "client_id"), Some(CLIENT_ID));
+        assert_eq!(field(&form, "grant_type"), Some("client_credentials"));
+    }
+    // Each token is the one Entra issued for its scope.
+    let issued_for = |scope: &str, scopes: &[String]| {
+        let n = scopes.iter().position(|s| s == scope).unwrap() + 1;
+        format!("{TOKEN_PREFIX}-{n}")
+    };
+    let asked = scopes(&h).await;
+    assert_eq!(
+        tokens.collections_token,
+        issued_for(COLLECTIONS_SCOPE, &asked)
+    );
+    assert_eq!(tokens.purchase_token, issued_for(PURCHASE_SCOPE, &asked));
+    // The harness's tokens live 3600 s.
+    let expires_at = tokens.expires_at.expect("an expiry").seconds;
+    let from = before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (from + 3590..=from + 3610).contains(&expires_at),
+        "{expires_at} vs {from}"
+    );
+
+    // A Store call asks for the service token on its own; the key-creation tokens are never
+    // sent to the Store, and the service token is never what GetKeyCreationTokens returns.
+    h.mount_license(ok_license()).await;
+    h.entitlements()
+        .get_offline_license(license_request())
+        .await
+        .unwrap();
+    let asked = scopes(&h).await;
+    assert_eq!(asked.len(), 3);
+    assert_eq!(asked[2], SERVICE_SCOPE);
+    let service = format!("Bearer {}", issued_for(SERVICE_SCOPE, &asked));
+    assert_eq!(authorizations(&h).await, [service.clone()]);
+    assert_ne!(format!("Bearer {}", tokens.collections_token), service);
+    assert_ne!(format!("Bearer {}", tokens.purchase_token), service);
+}
+
+#[tokio::test]
+async fn key_creation_tokens_are_cached_and_fetched_once_for_concurrent_calls() {
+    let h = Harness::start().await;
+    let calls = (0..20).map(|_| {
+        let mut keys = h.keys();
+        async move {
+            keys.get_key_creation_tokens(key_creation_request(""))
+                .await
+                .map(|r| r.into_inner())
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let first = answers[0].as_ref().unwrap().clone();
+    for answer in &answers {
+        assert_eq!(answer.as_ref().unwrap(), &first);
+    }
+    assert_eq!(h.token_requests().await.len(), 2);
+    // Later calls are served from the cache too.
+    let again = h
+        .keys()
+        .get_key_creation_tokens(key_creation_request(TENANT))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    assert_eq!(h.token_requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn key_creation_tokens_are_refused_for_a_tenant_not_allowed_before_any_token_request() {
+    // Only the configured tenant.
+    let h = Harness::builder()
+        .allowed_tenants(Default::default())
+        .start()
+        .await;
+    let status = h
+        .keys()
+        .get_key_creation_tokens(key_creation_request("fabrikam.onmicrosoft.com"))
+        .await
+        .expect_err("not an allowed tenant");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(error_info(&status).reason, "TENANT_NOT_ALLOWED");
+    let status = h
+        .keys()
+        .get_key_creation_tokens(key_creation_request("not a tenant!"))
+        .await
+        .expect_err("not a tenant id");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_fields(&status), ["tenant_id"]);
+    assert!(h.token_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn key_creation_tokens_from_the_sandbox_carry_their_audiences_and_no_store_endpoint_takes_them(
+) {
+    let emulator = start_emulator().await;
+    let facade = Facade::start(sandbox_settings(&emulator)).await;
+    let mut keys = msstore_facade::proto::msstore::v1::store_keys_client::StoreKeysClient::new(
+        facade.channel.clone(),
+    );
+    let tokens = keys
+        .get_key_creation_tokens(key_creation_request(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        claims(&tokens.collections_token)["aud"],
+        "https://onestore.microsoft.com/b2b/keys/create/collections"
+    );
+    assert_eq!(
+        claims(&tokens.purchase_token)["aud"],
+        "https://onestore.microsoft.com/b2b/keys/create/purchase"
+    );
+    // Renewing a key with a key-creation token as the service ticket is refused by the Store.
+    let key =
+        msstore_facade::emulator::StoreKeySpec::new(msstore_facade::upstream::Host::Collections)
+            .mint();
+    let status = keys
+        .renew_key(msstore_facade::proto::msstore::v1::RenewKeyRequest {
+            key,
+            service_ticket: tokens.collections_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a key-creation token is not a service token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(!status.message().contains(&tokens.collections_token));
+}

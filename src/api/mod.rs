@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 pub(crate) use call::deadline_after;
 pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallDeadlines, CallLimiter, RpcId};
-pub use operation::{Credential, Operation, Token};
-pub use pipeline::Pipeline;
+pub use operation::{Credential, Operation, Outcome, StoreOperation, Token, Upstream};
+pub use pipeline::{exchange, Pipeline};
 
 use crate::auth::TokenProvider;
 use crate::resilience::retry::RetryPolicy;

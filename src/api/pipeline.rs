@@ -1,6 +1,7 @@
 //! The one pipeline every RPC runs: begin the call (deadline, metadata, log line) -> validate
-//! -> concurrency limit -> coalescing (where the operation opts in) -> retries with the budget
-//! and circuit of its host -> token -> exchange -> map.
+//! -> concurrency limit -> coalescing (where the operation opts in) -> the operation's fetch.
+//! For a Store operation that is [`exchange`]: retries with the budget and circuit of its host
+//! -> token -> exchange -> map.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,15 +9,13 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::call::{Attempts, CallContext, RpcId};
-use super::operation::{Credential, Operation, Token};
+use super::operation::{Credential, Operation, Outcome, StoreOperation, Token};
 use super::Backends;
 use crate::auth::{AccessToken, TenantId, TokenProvider};
 use crate::error::ApiError;
 use crate::resilience::coalesce::Coalescer;
 use crate::telemetry::metrics::RpcMetrics;
 use crate::upstream::{Answer, Host, Redactor, StoreClient};
-
-type Outcome<T> = Result<Answer<T>, ApiError>;
 
 /// One RPC method served by its [`Operation`]: built once at start-up, which registers the
 /// method's metric series.
@@ -64,12 +63,12 @@ impl<Op: Operation> Pipeline<Op> {
     ) -> Outcome<Op::Response> {
         let backends = self.backends.clone();
         if !Op::COALESCE {
-            return Box::pin(fetch::<Op>(backends, prepared, attempts.clone())).await;
+            return Box::pin(Op::fetch(backends, prepared, attempts.clone())).await;
         }
         let (key, attempts) = (prepared.clone(), attempts.clone());
         let (outcome, joined) = self
             .flights
-            .run(prepared, move || fetch::<Op>(backends, key, attempts))
+            .run(prepared, move || Op::fetch(backends, key, attempts))
             .await;
         if joined {
             self.backends.metrics.coalesced();
@@ -79,17 +78,18 @@ impl<Op: Operation> Pipeline<Op> {
     }
 }
 
-/// Retries around the token-aware attempt, then the proto answer.
-async fn fetch<Op: Operation>(
-    backends: Backends,
-    prepared: Op::Prepared,
-    attempts: Arc<Attempts>,
-) -> Outcome<Op::Response> {
-    let (prepared, attempts) = (&prepared, &*attempts);
+/// One Store request of `Op` made good: retries (with the budget and circuit of its host)
+/// around the token-aware attempt, each attempt built, exchanged and decoded; the decoded
+/// answer, or the mapped error.
+pub async fn exchange<Op: StoreOperation>(
+    backends: &Backends,
+    prepared: &Op::Prepared,
+    attempts: &Attempts,
+) -> Outcome<Op::Answer> {
     let host = Op::host(prepared);
     let (store, tokens) = (&backends.store, &backends.tokens);
     let budget = store.host(host).retry_budget();
-    let answer = backends
+    backends
         .retry
         .run(budget, attempts.deadline(), || async move {
             match Op::credential(prepared) {
@@ -104,16 +104,11 @@ async fn fetch<Op: Operation>(
                 }
             }
         })
-        .await?;
-    Ok(Answer {
-        value: Op::respond(answer.value, prepared),
-        ids: answer.ids,
-        http_status: answer.http_status,
-    })
+        .await
 }
 
 /// One attempt: build the request, exchange it, decode the answer.
-async fn send<Op: Operation>(
+async fn send<Op: StoreOperation>(
     store: &StoreClient,
     host: Host,
     prepared: &Op::Prepared,

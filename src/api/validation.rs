@@ -1,7 +1,8 @@
 //! Local validation: every request is checked before any upstream call.
 
-use crate::auth::{AllowedTenants, TenantId};
+use crate::auth::{AllowedTenants, KeyClaims, KeyDecodeError, TenantId};
 use crate::error::{ApiError, Violation};
+use crate::upstream::Host;
 
 /// Longest accepted Store id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -44,6 +45,61 @@ pub fn acting_tenant(named: Option<TenantId>, tenants: &Tenants) -> Result<Tenan
             ApiError::Token(std::sync::Arc::new(crate::auth::TokenError::NotConfigured))
         }),
     }
+}
+
+/// A user's Store ID key (already checked by [`Checks::credential`]) for a call on `host`,
+/// read without verifying its signature: a key that is not a JWT is INVALID_ARGUMENT
+/// `KEY_NOT_DECODABLE`, a key of another host (a purchase key for a collections call)
+/// INVALID_ARGUMENT `KEY_TYPE_MISMATCH`, both with BadRequest on `field`; an expired key is
+/// FAILED_PRECONDITION `STORE_KEY_EXPIRED` (contract, section 7). All before any call, so the
+/// caller learns to ask its client for a new key instead of reading a Store 401.
+pub fn user_key(field: &'static str, key: &str, host: Host, now_unix: i64) -> Result<(), ApiError> {
+    let claims = KeyClaims::decode(key).map_err(|_| {
+        ApiError::invalid(
+            "KEY_NOT_DECODABLE",
+            field,
+            "is not a Microsoft Store ID key (a JWT with a readable payload)",
+        )
+    })?;
+    match claims.host() {
+        Ok(kind) if kind == host => {}
+        Ok(kind) => {
+            return Err(ApiError::invalid(
+                "KEY_TYPE_MISMATCH",
+                field,
+                format!(
+                    "is a {} key; this call needs a {} key",
+                    kind.key_kind(),
+                    host.key_kind()
+                ),
+            ))
+        }
+        Err(KeyDecodeError::UnknownAudience | KeyDecodeError::NotAJwt) => {
+            return Err(ApiError::invalid(
+                "KEY_TYPE_MISMATCH",
+                field,
+                format!(
+                    "has an aud claim of neither Store key service; this call needs a {} key",
+                    host.key_kind()
+                ),
+            ))
+        }
+    }
+    match claims.exp {
+        Some(expires_at) if expires_at <= now_unix => {
+            Err(ApiError::StoreKeyExpired { field, expires_at })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 /// Collects violations of one request.
@@ -97,6 +153,19 @@ impl Checks {
             );
         } else if value.chars().any(char::is_control) {
             self.fail(field, "contains a control character");
+        }
+    }
+
+    /// An optional development sandbox id (sent as `sbx`): letters, digits, `.`, `-` and
+    /// `_`, at most 64 characters.
+    pub fn sandbox_id(&mut self, field: &'static str, value: &str) {
+        if value.len() > 64 {
+            self.fail(field, "is longer than 64 characters");
+        } else if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            self.fail(field, "may hold only letters, digits, '.', '-' and '_'");
         }
     }
 

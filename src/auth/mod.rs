@@ -1,9 +1,11 @@
 //! Identity: Entra tenants and tokens, and the claims of Store ID keys.
 
+mod audience;
 mod store_key;
 mod tenant;
 mod token;
 
+pub use audience::Audience;
 pub use store_key::{key_audience, KeyClaims, KeyDecodeError};
 pub use tenant::{AllowedTenants, InvalidTenantId, TenantId};
 pub(crate) use token::token_from_answer;

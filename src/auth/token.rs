@@ -1,10 +1,10 @@
 //! The Entra ID token provider: client credentials (secret or federated assertion), tokens
-//! cached per tenant until shortly before they expire, one token request per cache miss no
-//! matter how many calls wait for it.
+//! cached per tenant and [`Audience`] until shortly before they expire, one token request per
+//! cache miss no matter how many calls wait for it.
 //!
 //! Token discipline (contract, section 6): a token request runs in a task of its own, so a
-//! caller that gives up does not abort it; a rejection by Entra is remembered per tenant for
-//! [`REJECTION_MEMORY`]; a Store 401 may force a new token at most once per tenant per
+//! caller that gives up does not abort it; a rejection by Entra is remembered per tenant and
+//! audience for [`REJECTION_MEMORY`]; a Store 401 may force a new token at most once per tenant per
 //! [`FORCED_RENEWAL_INTERVAL`].
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use moka::future::Cache;
@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::{watch, Mutex};
 
-use super::TenantId;
+use super::{Audience, TenantId};
 use crate::telemetry::metrics::{Metrics, TokenOutcome, UpstreamMetrics};
 use crate::telemetry::otel::{self, client_span, record_response, Route};
 use crate::upstream::retry_after;
@@ -55,7 +55,6 @@ const TOKEN_ROUTE: Route = Route {
     template: "/{tenant}/oauth2/v2.0/token",
 };
 
-const SCOPE: &str = "https://onestore.microsoft.com/.default";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Tokens are renewed this long before they expire (as Microsoft's library does), or at half
 /// their lifetime when they live shorter than twice that.
@@ -82,6 +81,7 @@ pub struct AccessToken {
     secret: Arc<SecretString>,
     bearer: HeaderValue,
     refresh_at: Instant,
+    expires_at: SystemTime,
 }
 
 impl AccessToken {
@@ -93,6 +93,12 @@ impl AccessToken {
     /// `Bearer <token>` as a header value marked sensitive, built once per token.
     pub fn bearer(&self) -> HeaderValue {
         self.bearer.clone()
+    }
+
+    /// When the token expires, as Entra's `expires_in` said (within [`MIN_TOKEN_LIFETIME`]
+    /// and [`MAX_TOKEN_LIFETIME`]).
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
     }
 
     /// Whether `other` is this very token (same fetch).
@@ -171,14 +177,15 @@ struct Inner {
     authority: String,
     credentials: Option<Credentials>,
     timeout: Duration,
-    cache: Cache<TenantId, AccessToken>,
-    /// Entra rejections, per tenant, for [`REJECTION_MEMORY`].
-    rejections: Cache<TenantId, Arc<TokenError>>,
+    /// The tokens, per audience (indexed by [`Audience::index`]) and tenant.
+    caches: [Cache<TenantId, AccessToken>; 3],
+    /// Entra rejections, per audience and tenant, for [`REJECTION_MEMORY`].
+    rejections: [Cache<TenantId, Arc<TokenError>>; 3],
     /// Tenants whose token a Store 401 forced out within the last [`FORCED_RENEWAL_INTERVAL`].
     forced_renewals: Cache<TenantId, ()>,
     /// The token requests in flight. A request leaves this table only after its outcome is in
-    /// `cache` or `rejections`, so a lookup holding the table never starts a second one.
-    flights: Mutex<HashMap<TenantId, Flight>>,
+    /// `caches` or `rejections`, so a lookup holding the table never starts a second one.
+    flights: Mutex<HashMap<(TenantId, Audience), Flight>>,
     /// Set by the first token Entra issues: the credentials work (readiness).
     accepted: AtomicBool,
     metrics: Arc<Metrics>,
@@ -209,18 +216,20 @@ impl TokenProvider {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(MAX_TENANTS)
-            .expire_after(RefreshAt)
-            .build();
+        let cache = || {
+            Cache::builder()
+                .max_capacity(MAX_TENANTS)
+                .expire_after(RefreshAt)
+                .build()
+        };
         Self {
             inner: Arc::new(Inner {
                 http,
                 authority: authority.as_str().trim_end_matches('/').to_owned(),
                 credentials,
                 timeout,
-                cache,
-                rejections: remembered_for(REJECTION_MEMORY),
+                caches: [cache(), cache(), cache()],
+                rejections: [(); 3].map(|()| remembered_for(REJECTION_MEMORY)),
                 forced_renewals: remembered_for(FORCED_RENEWAL_INTERVAL),
                 flights: Mutex::default(),
                 accepted: AtomicBool::new(false),
@@ -247,20 +256,26 @@ impl TokenProvider {
         self.inner.credentials.as_ref().map(|c| &c.tenant_id)
     }
 
-    /// A token for `tenant` (the configured tenant when `None`), from the cache or from one
-    /// token request shared by every concurrent caller. The request runs in a task of its
-    /// own: dropping this future (a caller's deadline, a cancel) leaves it running, and its
-    /// outcome goes to every caller waiting and into the cache.
+    /// The service access token for `tenant` (the configured tenant when `None`): the one
+    /// Store calls are made with. See [`TokenProvider::token_for`].
     pub async fn token(&self, tenant: Option<&TenantId>) -> Fetched {
+        self.token_for(tenant, Audience::Service).await
+    }
+
+    /// A token of `audience` for `tenant` (the configured tenant when `None`), from the
+    /// cache or from one token request shared by every concurrent caller. The request runs in
+    /// a task of its own: dropping this future (a caller's deadline, a cancel) leaves it
+    /// running, and its outcome goes to every caller waiting and into the cache.
+    pub async fn token_for(&self, tenant: Option<&TenantId>, audience: Audience) -> Fetched {
         let tenant = tenant
             .or_else(|| self.default_tenant())
             .ok_or_else(|| Arc::new(TokenError::NotConfigured))?;
         let inner = &self.inner;
-        if let Some(token) = inner.cache.get(tenant).await {
+        if let Some(token) = inner.caches[audience.index()].get(tenant).await {
             inner.metrics.token_cache_hit();
             return Ok(token);
         }
-        let (mut flight, joined) = match self.lookup(tenant).await {
+        let (mut flight, joined) = match self.lookup(tenant, audience).await {
             Lookup::Known(known) => return known,
             Lookup::Wait { flight, joined } => (flight, joined),
         };
@@ -281,27 +296,28 @@ impl TokenProvider {
 
     /// Under the flight table: the cached token, the remembered rejection, the request in
     /// flight, or a new request started in a task of its own.
-    async fn lookup(&self, tenant: &TenantId) -> Lookup {
+    async fn lookup(&self, tenant: &TenantId, audience: Audience) -> Lookup {
         let inner = &self.inner;
         let mut flights = inner.flights.lock().await;
-        if let Some(flight) = flights.get(tenant) {
+        let key = (tenant.clone(), audience);
+        if let Some(flight) = flights.get(&key) {
             return Lookup::Wait {
                 flight: flight.clone(),
                 joined: true,
             };
         }
         // A request that ended since the first look stored its outcome before leaving.
-        if let Some(token) = inner.cache.get(tenant).await {
+        if let Some(token) = inner.caches[audience.index()].get(tenant).await {
             inner.metrics.token_cache_hit();
             return Lookup::Known(Ok(token));
         }
-        if let Some(rejection) = inner.rejections.get(tenant).await {
+        if let Some(rejection) = inner.rejections[audience.index()].get(tenant).await {
             return Lookup::Known(Err(rejection));
         }
         let (publish, flight) = watch::channel(None);
-        flights.insert(tenant.clone(), flight.clone());
+        flights.insert(key.clone(), flight.clone());
         // The request's span stays a child of the call that started it.
-        let fly = Inner::fly(inner.clone(), tenant.clone(), publish);
+        let fly = Inner::fly(inner.clone(), key, publish);
         tokio::spawn(tracing::Instrument::in_current_span(fly));
         Lookup::Wait {
             flight,
@@ -332,8 +348,7 @@ impl TokenProvider {
             tracing::debug!(tenant = %tenant, "token renewed by a 401 less than a minute ago; not again");
             return false;
         }
-        self.inner
-            .cache
+        self.inner.caches[Audience::Service.index()]
             .entry_by_ref(tenant)
             .and_compute_with(|entry| {
                 let op = match entry {
@@ -404,8 +419,13 @@ impl Inner {
     /// One token request as a task of its own: counts it, stores its outcome (a token in the
     /// cache, a rejection in the rejection memory), leaves the flight table, then publishes the
     /// outcome to the callers waiting.
-    async fn fly(self: Arc<Self>, tenant: TenantId, publish: watch::Sender<Option<Fetched>>) {
-        let fetched = AssertUnwindSafe(self.fetch(&tenant))
+    async fn fly(
+        self: Arc<Self>,
+        key: (TenantId, Audience),
+        publish: watch::Sender<Option<Fetched>>,
+    ) {
+        let (tenant, audience) = &key;
+        let fetched = AssertUnwindSafe(self.fetch(tenant, *audience))
             .catch_unwind()
             .await
             .unwrap_or(Err(TokenError::Unavailable {
@@ -422,22 +442,33 @@ impl Inner {
         match &fetched {
             Ok(token) => {
                 self.accepted.store(true, Ordering::Release);
-                self.cache.insert(tenant.clone(), token.clone()).await;
+                self.caches[audience.index()]
+                    .insert(tenant.clone(), token.clone())
+                    .await;
             }
             Err(error) if matches!(**error, TokenError::Rejected { .. }) => {
-                self.rejections.insert(tenant.clone(), error.clone()).await;
+                self.rejections[audience.index()]
+                    .insert(tenant.clone(), error.clone())
+                    .await;
             }
             Err(_) => {}
         }
-        self.flights.lock().await.remove(&tenant);
+        self.flights.lock().await.remove(&key);
         publish.send_replace(Some(fetched));
     }
 
     /// One token request, in a client span when traces are exported.
-    async fn fetch(&self, tenant: &TenantId) -> Result<AccessToken, TokenError> {
+    async fn fetch(
+        &self,
+        tenant: &TenantId,
+        audience: Audience,
+    ) -> Result<AccessToken, TokenError> {
         use tracing::Instrument;
         let span = client_span(&TOKEN_ROUTE, &self.host);
-        let fetched = self.request(tenant, &span).instrument(span.clone()).await;
+        let fetched = self
+            .request(tenant, audience, &span)
+            .instrument(span.clone())
+            .await;
         if !span.is_disabled() {
             let status = match &fetched {
                 Ok(_) => Some(200),
@@ -454,6 +485,7 @@ impl Inner {
     async fn request(
         &self,
         tenant: &TenantId,
+        audience: Audience,
         span: &tracing::Span,
     ) -> Result<AccessToken, TokenError> {
         let credentials = self.credentials.as_ref().ok_or(TokenError::NotConfigured)?;
@@ -461,7 +493,7 @@ impl Inner {
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "client_credentials"),
             ("client_id", &credentials.client_id),
-            ("scope", SCOPE),
+            ("scope", audience.scope()),
         ];
         match &credentials.source {
             CredentialSource::ClientSecret(secret) => {
@@ -509,7 +541,7 @@ impl Inner {
                 retry_after: None,
                 cause: "connection lost while reading the answer",
             })?;
-        tracing::debug!(tenant = %tenant, http_status = status.as_u16(), "token request answered");
+        tracing::debug!(tenant = %tenant, audience = audience.label(), http_status = status.as_u16(), "token request answered");
         token_from_answer(status, retry_after, &body, started)
     }
 }
@@ -541,6 +573,7 @@ pub(crate) fn token_from_answer(
             secret: Arc::new(SecretString::from(parsed.access_token)),
             bearer,
             refresh_at: requested_at + (lifetime - margin),
+            expires_at: SystemTime::now() + lifetime - requested_at.elapsed().min(lifetime),
         });
     }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {

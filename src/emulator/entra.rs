@@ -16,57 +16,11 @@ use serde_json::{json, Value};
 use super::clock::{entra_timestamp, guid_for, now, random_guid};
 use super::jwt::{self, Claims, JwtError};
 use super::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
-use crate::auth::TenantId;
+use crate::auth::{Audience, TenantId};
 
-/// What a client-credentials scope names: the resource, then this suffix.
-const DEFAULT_SCOPE_SUFFIX: &str = "/.default";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Lifetime of an access token, as Entra's v2 endpoint usually grants.
 const TOKEN_LIFETIME_SECONDS: i64 = 3599;
-
-/// The audiences the emulator issues tokens for: the Store's three (store-services-apis.md 1.1).
-/// A token's `aud` is its scope without `/.default`, as Entra writes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Audience {
-    /// The service access token: the only one the Store endpoints accept, and the one that
-    /// must never leave the publisher's service.
-    Service,
-    /// The collections key-creation token, handed to the client app to mint a UserCollectionsId.
-    CollectionsKeyCreation,
-    /// The purchase key-creation token, handed to the client app to mint a UserPurchaseId.
-    PurchaseKeyCreation,
-}
-
-impl Audience {
-    /// Every audience, in the order refusals name them.
-    const ALL: [Self; 3] = [
-        Self::Service,
-        Self::CollectionsKeyCreation,
-        Self::PurchaseKeyCreation,
-    ];
-
-    /// The `aud` claim of its tokens.
-    pub(super) const fn as_str(self) -> &'static str {
-        match self {
-            Self::Service => "https://onestore.microsoft.com",
-            Self::CollectionsKeyCreation => {
-                "https://onestore.microsoft.com/b2b/keys/create/collections"
-            }
-            Self::PurchaseKeyCreation => "https://onestore.microsoft.com/b2b/keys/create/purchase",
-        }
-    }
-
-    /// The scope a client asks for: the audience and `/.default`.
-    fn scope(self) -> String {
-        format!("{}{DEFAULT_SCOPE_SUFFIX}", self.as_str())
-    }
-
-    /// The audience `scope` asks for, if it is one of the three.
-    fn from_scope(scope: &str) -> Option<Self> {
-        let resource = scope.strip_suffix(DEFAULT_SCOPE_SUFFIX)?;
-        Self::ALL.into_iter().find(|aud| aud.as_str() == resource)
-    }
-}
 
 /// Why a bearer token or service ticket is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -274,7 +228,7 @@ fn issue(tenant: &str, form: &HashMap<String, String>) -> Result<Value, EntraErr
 
 /// 400 `invalid_scope`, naming the scopes the emulator grants.
 fn invalid_scope() -> EntraError {
-    let scopes: Vec<String> = Audience::ALL.into_iter().map(Audience::scope).collect();
+    let scopes: Vec<&str> = Audience::ALL.into_iter().map(Audience::scope).collect();
     EntraError::bad_request(
         "invalid_scope",
         70_011,
@@ -465,7 +419,7 @@ mod tests {
     #[test]
     fn each_scope_names_its_audience_and_nothing_else_does() {
         for audience in Audience::ALL {
-            assert_eq!(Audience::from_scope(&audience.scope()), Some(audience));
+            assert_eq!(Audience::from_scope(audience.scope()), Some(audience));
             assert_eq!(Audience::from_scope(audience.as_str()), None);
         }
         let near_misses = [

@@ -11,6 +11,9 @@
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+mod store_user;
+
+pub use crate::api::Upstream;
 use crate::api::{Backends, Operation, Pipeline};
 use crate::proto::msstore::v1 as pb;
 
@@ -66,6 +69,11 @@ macro_rules! registry {
         pub const METHODS: &[(&str, &str)] =
             &[$( $( ($service::NAME, pb::methods::$module::$method), )* )*];
 
+        /// Every (service, method) served with what it calls upstream.
+        pub const UPSTREAMS: &[(&str, &str, Upstream)] = &[$( $(
+            ($service::NAME, pb::methods::$module::$method, <$op as Operation>::UPSTREAM),
+        )* )*];
+
         // A proto service without a registry block would compile (its generated trait would
         // just go unused): the count of services must match the protos'.
         const _: () = assert!(
@@ -95,6 +103,12 @@ registry! {
     /// `msstore.v1.StoreKeys`: Microsoft Store ID keys.
     StoreKeysService: store_keys_server::StoreKeysServer as StoreKeys {
         renew_key => renew_key::RenewKey,
+        get_key_creation_tokens => key_creation_tokens::GetKeyCreationTokens,
+    }
+    /// `msstore.v1.StoreCollections`: what a user owns, and consumables.
+    StoreCollectionsService: store_collections_server::StoreCollectionsServer as StoreCollections {
+        query_collections => query_collections::QueryCollections,
+        consume_product => consume::ConsumeProduct,
     }
 }
 

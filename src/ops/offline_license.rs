@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::api::validation::{self as checks, Checks, Tenants};
-use crate::api::{Credential, Operation, Token};
+use crate::api::{Credential, StoreOperation, Token};
 use crate::auth::TenantId;
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
@@ -51,7 +51,7 @@ pub struct OfflineLicense {
     content_id: Option<String>,
 }
 
-impl Operation for GetOfflineLicense {
+impl StoreOperation for GetOfflineLicense {
     type Request = pb::GetOfflineLicenseRequest;
     type Response = pb::OfflineLicense;
     type Prepared = LicenseRequest;
@@ -69,6 +69,7 @@ impl Operation for GetOfflineLicense {
             ("contentId", "content_id"),
         ],
         overrides: &[],
+        retry_lost_answers: false,
     };
     const EXPECTED: &'static str = "an OfflineLicense with a licenseBlob";
     const COALESCE: bool = true;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use crate::api::validation::{Checks, Tenants};
-use crate::api::{Credential, Operation, Token};
+use crate::api::{Credential, StoreOperation, Token};
 use crate::auth::{KeyClaims, KeyDecodeError};
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
@@ -43,7 +43,7 @@ pub struct RenewAnswer {
     key: String,
 }
 
-impl Operation for RenewKey {
+impl StoreOperation for RenewKey {
     type Request = pb::RenewKeyRequest;
     type Response = pb::RenewKeyResponse;
     type Prepared = Renewal;
@@ -57,6 +57,7 @@ impl Operation for RenewKey {
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
         fields: &[("serviceTicket", "service_ticket"), ("key", "key")],
         overrides: &[(409, Code::Aborted)],
+        retry_lost_answers: false,
     };
     const EXPECTED: &'static str = "a JSON object with a key";
 

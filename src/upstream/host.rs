@@ -59,9 +59,18 @@ impl Host {
                  http:// included"
             }
             Host::Collections => {
-                "Base URL of the Store collections API, which renews collections keys"
+                "Base URL of the Store collections API: collections keys, queries and consumables"
             }
             Host::Purchase => "Base URL of the Store purchase API, which renews purchase keys",
+        }
+    }
+
+    /// The kind of Store ID key its calls take, as messages name it.
+    pub fn key_kind(self) -> &'static str {
+        match self {
+            Host::BusinessStore => "Store for Business (no Store ID)",
+            Host::Collections => "collections",
+            Host::Purchase => "purchase",
         }
     }
 

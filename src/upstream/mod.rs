@@ -285,6 +285,18 @@ impl Retryable for UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the request was sent but its answer never came (the connection dropped, or the
+    /// attempt timed out): the Store may or may not have processed it.
+    pub fn answer_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::Transport {
+                kind: TransportFailure::ConnectionLost | TransportFailure::Timeout,
+                ..
+            }
+        )
+    }
+
     /// Whether this failure counts toward opening the host's circuit: only failures of the
     /// host itself (no complete answer: connect errors, attempt timeouts, lost connections;
     /// or 502, 503, 504, 408). A 500, a 501 or any other 4xx or 5xx can be provoked by a

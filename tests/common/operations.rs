@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use msstore_facade::api::Operation;
+use msstore_facade::api::StoreOperation;
 use msstore_facade::emulator::StoreKeySpec;
 use msstore_facade::error::ErrorMapping;
 use msstore_facade::ops;
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::upstream::Host;
+use pb::store_collections_client::StoreCollectionsClient;
 use pb::store_entitlements_client::StoreEntitlementsClient;
 use pb::store_keys_client::StoreKeysClient;
 use serde_json::{json, Value};
@@ -105,7 +106,7 @@ pub struct Op {
     /// reads magic ids for this operation (`None`: a call that succeeds).
     pub sandbox_call: fn(Channel, Option<&'static str>, Option<Duration>) -> Called,
     /// Contract, section 6: the fields of the upstream JSON body that carry a secret (keys,
-    /// tickets, tokens); the `Authorization` header always does.
+    /// tickets, tokens), as JSON pointers; the `Authorization` header always does.
     pub secret_fields: &'static [&'static str],
     /// Makes the call [`Op::call`] makes with variant 0, but with the caller's own service
     /// ticket `ticket`; `None` when the operation takes none.
@@ -170,7 +171,12 @@ impl std::fmt::Debug for Op {
 }
 
 /// Every operation the facade serves.
-pub const OPERATIONS: &[Op] = &[GET_OFFLINE_LICENSE, RENEW_KEY];
+pub const OPERATIONS: &[Op] = &[
+    GET_OFFLINE_LICENSE,
+    RENEW_KEY,
+    QUERY_COLLECTIONS,
+    CONSUME_PRODUCT,
+];
 
 /// Runs `check` for every operation of `ops` at once (in the calling task) and waits for all
 /// of them. A check that starts upstreams and a facade of its own shares no circuit, retry
@@ -249,7 +255,7 @@ pub const GET_OFFLINE_LICENSE: Op = Op {
     host: Host::BusinessStore,
     http_method: "POST",
     upstream_path: r"^/V1/Products/[^/]+/[^/]+/OfflineLicense/[^/]+$",
-    errors: <ops::GetOfflineLicense as Operation>::ERRORS,
+    errors: <ops::GetOfflineLicense as StoreOperation>::ERRORS,
     conflict: Code::FailedPrecondition,
     named_fields: &[
         ("skuId", "sku_id"),
@@ -360,7 +366,7 @@ pub const RENEW_KEY: Op = Op {
     host: Host::Collections,
     http_method: "POST",
     upstream_path: r"^/v6\.0/b2b/keys/renew$",
-    errors: <ops::RenewKey as Operation>::ERRORS,
+    errors: <ops::RenewKey as StoreOperation>::ERRORS,
     conflict: Code::Aborted,
     named_fields: &[("serviceTicket", "service_ticket"), ("key", "key")],
     malformed: || {
@@ -400,7 +406,7 @@ pub const RENEW_KEY: Op = Op {
     call_for_tenant: None,
     // Contract, section 1: `key` is required.
     call_invalid: |channel| answer_dropped(renew_key(channel, Default::default(), None)),
-    secret_fields: &["serviceTicket", "key"],
+    secret_fields: &["/serviceTicket", "/key"],
     call_with_ticket: Some(|channel, ticket| {
         let message = pb::RenewKeyRequest {
             service_ticket: ticket.to_owned(),
@@ -416,5 +422,267 @@ pub const RENEW_KEY: Op = Op {
             ..Default::default()
         };
         answer_dropped(renew_key(channel, message, timeout))
+    },
+};
+
+/// A live collections key of the harness's client id, issued `variant` seconds earlier than
+/// variant 0 (so that variants differ).
+fn collections_key_variant(variant: u32) -> String {
+    store_key(
+        COLLECTIONS_AUD,
+        now() - 3600 - i64::from(variant),
+        now() + 29 * 24 * 3600,
+    )
+}
+
+/// A collections key the sandbox emulator accepts.
+fn sandbox_collections_key() -> String {
+    StoreKeySpec::new(Host::Collections).mint()
+}
+
+/// A durable every sandbox user owns.
+const SANDBOX_DURABLE: &str = "9NSANDBOXDUR";
+/// A store-managed consumable every sandbox user owns.
+const SANDBOX_CONSUMABLE: &str = "9NSANDBOXCON";
+
+/// The GUID tracking id of variant `variant`.
+pub fn tracking_id(variant: u32) -> String {
+    format!("7a1c0e52-9d3b-4f7e-8a21-{variant:012x}")
+}
+
+/// A well-formed publisherQuery page (one item, no continuation).
+pub fn collections_page() -> Value {
+    json!({
+        "items": [{
+            "acquiredDate": "2026-01-02T03:04:05.0000000+00:00",
+            "acquisitionType": "Single",
+            "endDate": "9999-12-31T23:59:59.9999999+00:00",
+            "id": "item-1",
+            "modifiedDate": "2026-01-02T03:04:05.0000000+00:00",
+            "productId": "9NBLGGH4R2R6",
+            "productKind": "Durable",
+            "quantity": 1,
+            "satisfiedByProductIds": [],
+            "skuId": "0010",
+            "startDate": "2026-01-02T03:04:05.0000000+00:00",
+            "status": "Active",
+            "tags": [],
+            "transactionId": "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "futureField": {"ignored": true}
+        }]
+    })
+}
+
+fn query_variant(variant: u32) -> pb::QueryCollectionsRequest {
+    pb::QueryCollectionsRequest {
+        user_key: collections_key_variant(variant),
+        products: vec![pb::ProductSku {
+            product_id: "9NBLGGH4R2R6".into(),
+            sku_id: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn query_collections(
+    channel: Channel,
+    message: pb::QueryCollectionsRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let page = StoreCollectionsClient::new(channel)
+            .query_collections(request(message, timeout))
+            .await?
+            .into_inner();
+        let echoed = page.items.first().map(|i| i.id.clone()).unwrap_or_default();
+        Ok(Answer::of(&page, &echoed))
+    }
+    .boxed()
+}
+
+/// `StoreCollections/QueryCollections`, one page, with the facade's own token.
+pub const QUERY_COLLECTIONS: Op = Op {
+    service: "msstore.v1.StoreCollections",
+    method: "QueryCollections",
+    host: Host::Collections,
+    http_method: "POST",
+    upstream_path: r"^/v9\.0/collections/publisherQuery$",
+    errors: <ops::QueryCollections as StoreOperation>::ERRORS,
+    conflict: Code::FailedPrecondition,
+    named_fields: &[
+        ("productSkuIds", "products"),
+        ("beneficiaries", "user_key"),
+        ("continuationToken", "page_token"),
+        ("maxPageSize", "page_size"),
+        ("validityType", "validity"),
+        ("sbx", "sandbox_id"),
+    ],
+    malformed: || {
+        vec![
+            (
+                "not JSON",
+                ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+                200,
+            ),
+            ("empty", ResponseTemplate::new(200), 200),
+            (
+                "JSON without items",
+                ResponseTemplate::new(200).set_body_json(json!({"continuationToken": "x"})),
+                200,
+            ),
+            (
+                "items not an array",
+                ResponseTemplate::new(200).set_body_json(json!({"items": {"id": "x"}})),
+                200,
+            ),
+        ]
+    },
+    magic_400_field: "products",
+    ok_body: collections_page,
+    echoed: |body| {
+        body["items"][0]["id"]
+            .as_str()
+            .expect("an item id")
+            .to_owned()
+    },
+    retried: &TRANSIENT_STATUSES,
+    coalesces: false,
+    call: |channel, timeout, variant| {
+        answer_dropped(query_collections(channel, query_variant(variant), timeout))
+    },
+    answer: |channel, timeout, variant| query_collections(channel, query_variant(variant), timeout),
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::QueryCollectionsRequest {
+            tenant_id: tenant.to_owned(),
+            ..query_variant(0)
+        };
+        answer_dropped(query_collections(channel, message, None))
+    }),
+    // Contract, section 7: the user's key and 1 to 100 products are required.
+    call_invalid: |channel| answer_dropped(query_collections(channel, Default::default(), None)),
+    secret_fields: &["/beneficiaries/0/identityValue"],
+    call_with_ticket: None,
+    sandbox_call: |channel, magic, timeout| {
+        let message = pb::QueryCollectionsRequest {
+            user_key: sandbox_collections_key(),
+            products: vec![pb::ProductSku {
+                product_id: magic.unwrap_or(SANDBOX_DURABLE).to_owned(),
+                sku_id: String::new(),
+            }],
+            ..Default::default()
+        };
+        answer_dropped(query_collections(channel, message, timeout))
+    },
+};
+
+/// A well-formed consume answer for the tracking id of variant 0.
+pub fn consume_answer() -> Value {
+    json!({
+        "itemId": "item-7",
+        "newQuantity": 7,
+        "trackingId": tracking_id(0),
+        "productId": "9NCONSUMABLE",
+        "orderTransactions": [{
+            "$type": "consumeOrderTransactionV9",
+            "orderId": "1d5e3f0a-0000-4000-8000-000000000001",
+            "orderLineItemId": "1d5e3f0a-0000-4000-8000-000000000002",
+            "quantityConsumed": 3
+        }]
+    })
+}
+
+fn consume_variant(variant: u32) -> pb::ConsumeProductRequest {
+    pb::ConsumeProductRequest {
+        user_key: collections_key_variant(0),
+        product_id: "9NCONSUMABLE".into(),
+        tracking_id: tracking_id(variant),
+        remove_quantity: 3,
+        include_order_ids: true,
+        ..Default::default()
+    }
+}
+
+fn consume_product(
+    channel: Channel,
+    message: pb::ConsumeProductRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let consumed = StoreCollectionsClient::new(channel)
+            .consume_product(request(message, timeout))
+            .await?
+            .into_inner();
+        Ok(Answer::of(&consumed, &consumed.item_id))
+    }
+    .boxed()
+}
+
+/// `StoreCollections/ConsumeProduct` of a store-managed consumable, with the facade's own
+/// token.
+pub const CONSUME_PRODUCT: Op = Op {
+    service: "msstore.v1.StoreCollections",
+    method: "ConsumeProduct",
+    host: Host::Collections,
+    http_method: "POST",
+    upstream_path: r"^/v8\.0/collections/consume$",
+    errors: <ops::ConsumeProduct as StoreOperation>::ERRORS,
+    conflict: Code::FailedPrecondition,
+    named_fields: &[
+        ("productId", "product_id"),
+        ("trackingId", "tracking_id"),
+        ("removeQuantity", "remove_quantity"),
+        ("beneficiary", "user_key"),
+        ("includeOrderIds", "include_order_ids"),
+        ("sbx", "sandbox_id"),
+    ],
+    malformed: || {
+        vec![
+            (
+                "not JSON",
+                ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+                200,
+            ),
+            ("empty", ResponseTemplate::new(200), 200),
+            (
+                "JSON without trackingId",
+                ResponseTemplate::new(200).set_body_json(json!({"itemId": "i", "newQuantity": 1})),
+                200,
+            ),
+            (
+                "trackingId not a string",
+                ResponseTemplate::new(200).set_body_json(json!({"trackingId": 42})),
+                200,
+            ),
+        ]
+    },
+    magic_400_field: "product_id",
+    ok_body: consume_answer,
+    echoed: |body| body["itemId"].as_str().expect("an item id").to_owned(),
+    retried: &TRANSIENT_STATUSES,
+    coalesces: false,
+    call: |channel, timeout, variant| {
+        answer_dropped(consume_product(channel, consume_variant(variant), timeout))
+    },
+    answer: |channel, timeout, variant| consume_product(channel, consume_variant(variant), timeout),
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::ConsumeProductRequest {
+            tenant_id: tenant.to_owned(),
+            ..consume_variant(0)
+        };
+        answer_dropped(consume_product(channel, message, None))
+    }),
+    // Contract, section 7: the user's key, the product and the tracking id are required.
+    call_invalid: |channel| answer_dropped(consume_product(channel, Default::default(), None)),
+    secret_fields: &["/beneficiary/identityValue"],
+    call_with_ticket: None,
+    sandbox_call: |channel, magic, timeout| {
+        let message = pb::ConsumeProductRequest {
+            user_key: sandbox_collections_key(),
+            product_id: magic.unwrap_or(SANDBOX_CONSUMABLE).to_owned(),
+            tracking_id: tracking_id(u32::from(fastrand::u16(..))),
+            remove_quantity: 1,
+            ..Default::default()
+        };
+        answer_dropped(consume_product(channel, message, timeout))
     },
 };

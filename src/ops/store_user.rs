@@ -1,0 +1,94 @@
+//! What every call made for one Store user shares (contract, section 7): the user's Store ID
+//! key, checked locally for its kind and expiry; the optional development sandbox (`sbx`);
+//! the tenant the facade acts for; and how the key travels (the `beneficiary` object).
+
+use serde::Serialize;
+
+use crate::api::validation::{self, Checks, Tenants};
+use crate::api::Credential;
+use crate::auth::TenantId;
+use crate::error::ApiError;
+use crate::upstream::Host;
+
+/// The proto field that carries the user's key in every such request.
+pub const USER_KEY_FIELD: &str = "user_key";
+
+/// A validated user, sandbox and tenant. No `Debug`: it holds the user's key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StoreUser {
+    tenant: TenantId,
+    key: String,
+    sandbox: Option<String>,
+}
+
+/// The fields of a request that make a [`StoreUser`], as the caller sent them.
+pub struct UserFields<'a> {
+    /// `user_key`.
+    pub key: &'a str,
+    /// `sandbox_id` (empty: RETAIL).
+    pub sandbox_id: &'a str,
+    /// `tenant_id` (empty: the configured tenant).
+    pub tenant_id: &'a str,
+}
+
+impl StoreUser {
+    /// Checks the fields into `checks` (format only); [`StoreUser::finish`] makes the user
+    /// once every field of the request is checked.
+    pub fn check(checks: &mut Checks, fields: &UserFields<'_>) -> Option<TenantId> {
+        checks.credential(USER_KEY_FIELD, fields.key, true);
+        checks.sandbox_id("sandbox_id", fields.sandbox_id);
+        checks.tenant("tenant_id", fields.tenant_id)
+    }
+
+    /// After `checks` passed: the key's kind and expiry for a call on `host` (before any
+    /// call), then the tenant the call acts for.
+    pub fn finish(
+        fields: UserFields<'_>,
+        tenant: Option<TenantId>,
+        host: Host,
+        tenants: &Tenants,
+    ) -> Result<Self, ApiError> {
+        validation::user_key(USER_KEY_FIELD, fields.key, host, validation::now_unix())?;
+        Ok(Self {
+            tenant: validation::acting_tenant(tenant, tenants)?,
+            key: fields.key.to_owned(),
+            sandbox: (!fields.sandbox_id.is_empty()).then(|| fields.sandbox_id.to_owned()),
+        })
+    }
+
+    /// The facade's own token for the user's tenant.
+    pub fn credential(&self) -> Credential<'_> {
+        Credential::Facade {
+            tenant: Some(&self.tenant),
+        }
+    }
+
+    /// The user's key, a secret to scrub from answers.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The `sbx` to send, if any.
+    pub fn sbx(&self) -> Option<&str> {
+        self.sandbox.as_deref()
+    }
+
+    /// The user as the Store's UserIdentity: `{"identityType":"b2b","identityValue":key,
+    /// "localTicketReference":""}`, as Microsoft's library sends it.
+    pub fn beneficiary(&self) -> Beneficiary<'_> {
+        Beneficiary {
+            identity_type: "b2b",
+            identity_value: &self.key,
+            local_ticket_reference: "",
+        }
+    }
+}
+
+/// The Store's UserIdentity object (no `Debug`: it holds the key).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Beneficiary<'a> {
+    identity_type: &'static str,
+    identity_value: &'a str,
+    local_ticket_reference: &'static str,
+}
