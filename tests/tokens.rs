@@ -400,7 +400,7 @@ async fn key_creation_tokens_are_one_per_key_creation_audience_and_never_the_ser
     assert_eq!(asked.len(), 3);
     assert_eq!(asked[2], SERVICE_SCOPE);
     let service = format!("Bearer {}", issued_for(SERVICE_SCOPE, &asked));
-    assert_eq!(authorizations(&h).await, [service.clone()]);
+    assert_eq!(authorizations(&h).await, std::slice::from_ref(&service));
     assert_ne!(format!("Bearer {}", tokens.collections_token), service);
     assert_ne!(format!("Bearer {}", tokens.purchase_token), service);
 }
