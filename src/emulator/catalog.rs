@@ -16,9 +16,11 @@
 //! | `9NSANDBOXPRM` | [`SANDBOX_PROMO`] | `Durable` | a promotion (`Conditional`) |
 //! | `MAGIC-RESET-AFTER-COMMIT` | [`MAGIC_RESET_AFTER_COMMIT`] | `Consumable` (store-managed) | a direct purchase; consume loses its first answer on purpose |
 //!
-//! Every SKU is [`SANDBOX_SKU`]. The collection lists its items in the order of [`GRANTS`]:
-//! each duplicate comes at least two items after its first appearance, so small pages put
-//! them on different pages.
+//! Every SKU is [`SANDBOX_SKU`]. A collection lists its 11 items in this order: the game
+//! (direct, revoked), the durable (direct), the consumable, the pass, the durable (through the
+//! bundle), the developer-managed consumable, the game (through the pass), the application,
+//! the bundle, the promotional durable, `MAGIC-RESET-AFTER-COMMIT`. Each duplicate comes at
+//! least two items after its first copy, so pages of two put the copies on different pages.
 
 use serde_json::{json, Value};
 
