@@ -677,3 +677,732 @@ async fn emulator_stops_when_asked_and_frees_its_port() {
     emulator.stop().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Collections: publisherQuery and consume (store-services-apis.md 2.3, 2.5, 1.4)
+
+/// The fields of a v9 collections item, as store-services-apis.md 2.3 lists them.
+const ITEM_FIELDS: [&str; 16] = [
+    "acquiredDate",
+    "acquisitionType",
+    "endDate",
+    "id",
+    "modifiedDate",
+    "productId",
+    "productKind",
+    "quantity",
+    "recurrenceData",
+    "satisfiedByProductIds",
+    "skuId",
+    "startDate",
+    "status",
+    "tags",
+    "transactionId",
+    "trialData",
+];
+
+async fn post_collections(endpoints: &Endpoints, path: &str, token: &str, body: &Value) -> Answer {
+    let base = endpoints.host_url(Host::Collections);
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/{path}"))
+        .header("ms-cv", "xu2HW6SrSkyfHyFh.0.3")
+        .json(body);
+    if !token.is_empty() {
+        request = request.bearer_auth(token);
+    }
+    Answer::read(request.send().await.expect("the emulator answers")).await
+}
+
+fn query_body(key: &str, products: &[&str], extra: Value) -> Value {
+    let products: Vec<Value> = products.iter().map(|p| json!({"productId": p})).collect();
+    let mut body = json!({
+        "beneficiaries": [{"identityType": "b2b", "identityValue": key, "localTicketReference": "t"}],
+        "productSkuIds": products,
+    });
+    for (name, value) in extra.as_object().into_iter().flatten() {
+        body[name] = value.clone();
+    }
+    body
+}
+
+async fn query(endpoints: &Endpoints, token: &str, body: &Value) -> Answer {
+    post_collections(endpoints, "v9.0/collections/publisherQuery", token, body).await
+}
+
+/// Every item of `key`'s collection for `products`, page by page.
+async fn query_pages(
+    endpoints: &Endpoints,
+    token: &str,
+    key: &str,
+    products: &[&str],
+    extra: Value,
+) -> Vec<Vec<Value>> {
+    let mut body = query_body(key, products, extra);
+    let mut pages = Vec::new();
+    loop {
+        let answer = query(endpoints, token, &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let page = answer.json();
+        pages.push(page["items"].as_array().unwrap().clone());
+        match page.get("continuationToken") {
+            Some(next) => body["continuationToken"] = next.clone(),
+            None => return pages,
+        }
+    }
+}
+
+fn consume_body(key: &str, product_id: &str, tracking_id: &str, remove: Option<i64>) -> Value {
+    let mut body = json!({
+        "beneficiary": {"identityType": "b2b", "identityValue": key, "localTicketReference": "t"},
+        "productId": product_id,
+        "trackingId": tracking_id,
+        "includeOrderIds": true,
+    });
+    if let Some(quantity) = remove {
+        body["removeQuantity"] = json!(quantity);
+    }
+    body
+}
+
+async fn consume(endpoints: &Endpoints, token: &str, body: &Value) -> Answer {
+    post_collections(endpoints, "v8.0/collections/consume", token, body).await
+}
+
+fn collections_key(user: &str) -> String {
+    StoreKeySpec::new(Host::Collections).user_id(user).mint()
+}
+
+fn tracking_id(n: u32) -> String {
+    format!("1b0d1a3c-6a30-4c2e-9a0b-{n:012x}")
+}
+
+/// The quantity `key`'s collection shows for `product_id`.
+async fn balance(endpoints: &Endpoints, token: &str, key: &str, product_id: &str) -> i64 {
+    let answer = query(endpoints, token, &query_body(key, &[product_id], json!({}))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()["items"][0]["quantity"].as_i64().unwrap()
+}
+
+/// A 400 `InvalidParameter` naming `field`.
+fn assert_invalid_parameter(answer: &Answer, field: &str, case: &str) {
+    assert_eq!(answer.status, 400, "{case}: {}", answer.body);
+    assert_eq!(
+        answer.json()["innererror"]["code"],
+        "InvalidParameter",
+        "{case}"
+    );
+    assert!(
+        answer.inner_data().contains(field),
+        "{case}: {}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn publisher_query_lists_the_catalog_with_the_documented_item_fields() {
+    use msstore_facade::emulator::catalog::*;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    for path in [
+        "v9.0/collections/publisherQuery",
+        "v9.0/collections/PublisherQuery",
+    ] {
+        let body = query_body(&key, &PRODUCTS, json!({}));
+        let answer = post_collections(&endpoints, path, &token, &body).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        answer.assert_store_ids();
+        let page = answer.json();
+        assert!(page.get("continuationToken").is_none(), "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 11, "{page}");
+        for item in items {
+            let mut fields: Vec<&str> = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            fields.sort_unstable();
+            let mut expected = ITEM_FIELDS.to_vec();
+            if item.get("recurrenceId").is_some() {
+                expected.retain(|f| *f != "recurrenceData");
+                expected.push("recurrenceId");
+                expected.sort_unstable();
+            }
+            assert_eq!(fields, expected, "{item}");
+            assert_eq!(item["skuId"], SANDBOX_SKU);
+            assert!(
+                item["acquiredDate"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(".0000000+00:00"),
+                "{item}"
+            );
+            for id in ["id", "transactionId"] {
+                assert!(
+                    msstore_facade::auth::TenantId::parse(item[id].as_str().unwrap()).is_ok(),
+                    "{id}: {item}"
+                );
+            }
+        }
+        let find = |product: &str, acquisition: &str| {
+            items
+                .iter()
+                .find(|i| i["productId"] == product && i["acquisitionType"] == acquisition)
+                .unwrap_or_else(|| panic!("{product} {acquisition}: {page}"))
+        };
+        let pass = find(SANDBOX_PASS, "Recurring");
+        assert_eq!(pass["productKind"], "Pass");
+        assert!(pass["recurrenceData"]
+            .as_str()
+            .unwrap()
+            .starts_with("mdr:0:"));
+        let game_via_pass = find(SANDBOX_GAME, "Recurring");
+        assert_eq!(game_via_pass["recurrenceId"], pass["recurrenceData"]);
+        assert_eq!(
+            game_via_pass["satisfiedByProductIds"],
+            json!([SANDBOX_PASS])
+        );
+        assert_eq!(find(SANDBOX_GAME, "Single")["status"], "Revoked");
+        assert_eq!(find(SANDBOX_PROMO, "Conditional")["status"], "Active");
+        assert_eq!(
+            find(SANDBOX_APP_TRIAL, "Single")["trialData"],
+            json!({"isInTrialPeriod": true, "isTrial": true, "trialTimeRemaining": "6.23:59:59.1234567"})
+        );
+        let consumable = find(SANDBOX_CONSUMABLE, "Single");
+        assert_eq!(consumable["productKind"], "Consumable");
+        assert!((10..20).contains(&consumable["quantity"].as_i64().unwrap()));
+        assert_eq!(
+            find(SANDBOX_UNMANAGED_CONSUMABLE, "Single")["productKind"],
+            "UnmanagedConsumable"
+        );
+        let durables: Vec<&Value> = items
+            .iter()
+            .filter(|i| i["productId"] == SANDBOX_DURABLE)
+            .collect();
+        assert_eq!(durables.len(), 2);
+        assert_eq!(
+            durables[1]["satisfiedByProductIds"],
+            json!([SANDBOX_BUNDLE])
+        );
+    }
+}
+
+#[tokio::test]
+async fn publisher_query_is_stable_per_user_differs_between_users_and_filters() {
+    use msstore_facade::emulator::catalog::*;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let products = [SANDBOX_GAME, SANDBOX_PASS, "9NOTINCATALOG"];
+    let items = |key: String, extra: Value| {
+        let token = token.clone();
+        async move {
+            let answer = query(&endpoints, &token, &query_body(&key, &products, extra)).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            answer.json()["items"].clone()
+        }
+    };
+    let alice = items(collections_key("alice"), json!({})).await;
+    assert_eq!(alice.as_array().unwrap().len(), 3, "{alice}");
+    assert_eq!(alice, items(collections_key("alice"), json!({})).await);
+    let bob = items(collections_key("bob"), json!({})).await;
+    assert_ne!(alice[0]["id"], bob[0]["id"]);
+    assert_ne!(alice[0]["acquiredDate"], bob[0]["acquiredDate"]);
+
+    let valid = items(collections_key("alice"), json!({"validityType": "Valid"})).await;
+    assert!(
+        valid
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "Active"),
+        "{valid}"
+    );
+    assert_eq!(valid.as_array().unwrap().len(), 2);
+    let invalid = items(collections_key("alice"), json!({"validityType": "Invalid"})).await;
+    assert_eq!(invalid.as_array().unwrap().len(), 1, "{invalid}");
+    assert_eq!(invalid[0]["status"], "Revoked");
+
+    let other_sku = query_body(
+        &collections_key("alice"),
+        &[],
+        json!({
+            "productSkuIds": [{"productId": SANDBOX_GAME, "skuId": "0099"}]
+        }),
+    );
+    let answer = query(&endpoints, &token, &other_sku).await;
+    assert_eq!(answer.json()["items"], json!([]), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn publisher_query_pages_of_two_walk_everything_with_duplicates_on_other_pages() {
+    use msstore_facade::emulator::catalog::*;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let extra = json!({"maxPageSize": 2, "excludeDuplicates": true});
+    let pages = query_pages(&endpoints, &token, &key, &PRODUCTS, extra).await;
+    assert_eq!(pages.len(), 6, "{pages:?}");
+    assert!(pages.iter().all(|page| page.len() <= 2));
+    let whole = query_pages(&endpoints, &token, &key, &PRODUCTS, json!({})).await;
+    assert_eq!(
+        pages.concat(),
+        whole.concat(),
+        "paging sees every item once, in order"
+    );
+    for product in [SANDBOX_GAME, SANDBOX_DURABLE] {
+        let on: Vec<usize> = (0..pages.len())
+            .filter(|&n| pages[n].iter().any(|i| i["productId"] == product))
+            .collect();
+        assert_eq!(on.len(), 2, "{product} is on two different pages: {on:?}");
+    }
+}
+
+#[tokio::test]
+async fn publisher_query_refuses_garbled_and_foreign_continuation_tokens() {
+    use msstore_facade::emulator::catalog::*;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let first = query(
+        &endpoints,
+        &token,
+        &query_body(&key, &PRODUCTS, json!({"maxPageSize": 2})),
+    )
+    .await;
+    let next = first.json()["continuationToken"].clone();
+    assert!(next.is_string(), "{}", first.body);
+    let with_token = |key: &str, products: &[&str], extra: Value| {
+        let mut body = query_body(key, products, extra);
+        body["continuationToken"] = next.clone();
+        body
+    };
+    let fine = query(
+        &endpoints,
+        &token,
+        &with_token(&key, &PRODUCTS, json!({"maxPageSize": 3})),
+    )
+    .await;
+    assert_eq!(fine.status, 200, "the page size may change: {}", fine.body);
+    let cases = [
+        (
+            "another user",
+            with_token(&collections_key("bob"), &PRODUCTS, json!({})),
+        ),
+        (
+            "other products",
+            with_token(
+                &key,
+                &[SANDBOX_GAME, SANDBOX_DURABLE, SANDBOX_PASS],
+                json!({}),
+            ),
+        ),
+        (
+            "another validity",
+            with_token(&key, &PRODUCTS, json!({"validityType": "Valid"})),
+        ),
+        (
+            "garbled",
+            query_body(&key, &PRODUCTS, json!({"continuationToken": "not a token"})),
+        ),
+    ];
+    for (case, body) in cases {
+        let answer = query(&endpoints, &token, &body).await;
+        assert_invalid_parameter(&answer, "continuationToken", case);
+    }
+}
+
+#[tokio::test]
+async fn publisher_query_refuses_101_products_page_size_201_and_bad_bodies_naming_the_field() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let many: Vec<String> = (0..101).map(|n| format!("9NSANDBOX{n:03}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let cases = [
+        (
+            "101 products",
+            query_body(&key, &many, json!({})),
+            "productSkuIds",
+        ),
+        (
+            "no products",
+            json!({"beneficiaries": [{"identityType": "b2b", "identityValue": key}]}),
+            "productSkuIds",
+        ),
+        (
+            "page 201",
+            query_body(&key, &["9NSANDBOXGME"], json!({"maxPageSize": 201})),
+            "maxPageSize",
+        ),
+        (
+            "two beneficiaries",
+            query_body(
+                &key,
+                &["9NSANDBOXGME"],
+                json!({"beneficiaries": [
+                    {"identityType": "b2b", "identityValue": key},
+                    {"identityType": "b2b", "identityValue": key},
+                ]}),
+            ),
+            "beneficiaries",
+        ),
+        ("not an object", json!("query"), "body"),
+    ];
+    for (case, body, field) in cases {
+        let answer = query(&endpoints, &token, &body).await;
+        assert_invalid_parameter(&answer, field, case);
+        assert!(!answer.body.contains(&key), "{case}: the key is echoed");
+    }
+    let hundred = query(
+        &endpoints,
+        &token,
+        &query_body(&key, &many[..100], json!({"maxPageSize": 200})),
+    )
+    .await;
+    assert_eq!(hundred.status, 200, "{}", hundred.body);
+}
+
+#[tokio::test]
+async fn collections_endpoints_check_the_token_and_the_key_like_renewal() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let (_, body) = token_for_scope(
+        &endpoints,
+        &format!("{}/.default", KEY_CREATION_AUDIENCES[0]),
+    )
+    .await;
+    let key_creation_token = body["access_token"].as_str().unwrap().to_owned();
+    let valid = collections_key("alice");
+    let purchase = StoreKeySpec::new(Host::Purchase).mint();
+    let expired = StoreKeySpec::new(Host::Collections)
+        .issued_at(now() - 31 * 24 * 3600)
+        .mint();
+    let other_client = StoreKeySpec::new(Host::Collections)
+        .client_id("11111111-2222-4333-8444-555555555555")
+        .mint();
+    let cases = [
+        ("no token", "", valid.as_str(), "PartnerAadTicketRequired"),
+        (
+            "key-creation token",
+            key_creation_token.as_str(),
+            valid.as_str(),
+            "AuthenticationTokenInvalid",
+        ),
+        (
+            "purchase key",
+            token.as_str(),
+            purchase.as_str(),
+            "AuthenticationTokenInvalid",
+        ),
+        (
+            "expired key",
+            token.as_str(),
+            expired.as_str(),
+            "AuthenticationTokenInvalid",
+        ),
+        (
+            "garbage key",
+            token.as_str(),
+            "not-a-key",
+            "AuthenticationTokenInvalid",
+        ),
+        (
+            "other client",
+            token.as_str(),
+            other_client.as_str(),
+            "InconsistentClientId",
+        ),
+    ];
+    for (case, bearer, key, inner) in cases {
+        let answer = query(
+            &endpoints,
+            bearer,
+            &query_body(key, &["9NSANDBOXGME"], json!({})),
+        )
+        .await;
+        answer.assert_unauthorized(inner, &format!("query, {case}"));
+        let body = consume_body(key, "9NSANDBOXCNS", &tracking_id(1), Some(1));
+        let answer = consume(&endpoints, bearer, &body).await;
+        answer.assert_unauthorized(inner, &format!("consume, {case}"));
+        assert!(!answer.body.contains(key), "{case}: the key is echoed");
+    }
+}
+
+#[tokio::test]
+async fn sandbox_key_user_keys_work_with_the_collections_endpoints() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = sandbox_key(&["--user", "carol"]);
+    let answer = query(
+        &endpoints,
+        &token,
+        &query_body(&key, &["9NSANDBOXGME"], json!({})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let expected = query(
+        &endpoints,
+        &token,
+        &query_body(&collections_key("carol"), &["9NSANDBOXGME"], json!({})),
+    )
+    .await;
+    assert_eq!(answer.json(), expected.json());
+}
+
+#[tokio::test]
+async fn consume_of_a_store_managed_consumable_deducts_once_per_tracking_id() {
+    use msstore_facade::emulator::catalog::SANDBOX_CONSUMABLE;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let start = balance(&endpoints, &token, &key, SANDBOX_CONSUMABLE).await;
+    let body = consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(7), Some(3));
+    let first = consume(&endpoints, &token, &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    first.assert_store_ids();
+    let answer = first.json();
+    assert_eq!(answer["newQuantity"], start - 3);
+    assert_eq!(answer["productId"], SANDBOX_CONSUMABLE);
+    assert_eq!(answer["trackingId"], tracking_id(7));
+    assert!(answer["itemId"].is_string(), "{answer}");
+    let orders = answer["orderTransactions"].as_array().unwrap();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0]["$type"], "consumeOrderTransactionV9");
+    assert_eq!(orders[0]["quantityConsumed"], 3);
+    assert!(orders[0]["orderId"].is_string() && orders[0]["orderLineItemId"].is_string());
+    assert_eq!(
+        balance(&endpoints, &token, &key, SANDBOX_CONSUMABLE).await,
+        start - 3
+    );
+
+    let replay = consume(&endpoints, &token, &body).await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.json(), answer, "same result, no second deduction");
+    assert_eq!(
+        balance(&endpoints, &token, &key, SANDBOX_CONSUMABLE).await,
+        start - 3
+    );
+
+    let mut without_ids = consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(8), Some(1));
+    without_ids["includeOrderIds"] = json!(false);
+    let answer = consume(&endpoints, &token, &without_ids).await.json();
+    assert!(answer.get("orderTransactions").is_none(), "{answer}");
+    assert_eq!(answer["newQuantity"], start - 4);
+    let bob = collections_key("bob");
+    assert_eq!(
+        balance(&endpoints, &token, &bob, SANDBOX_CONSUMABLE).await,
+        balance(&endpoints, &token, &bob, SANDBOX_CONSUMABLE).await,
+    );
+}
+
+#[tokio::test]
+async fn consume_refuses_more_than_the_balance_and_a_reused_tracking_id() {
+    use msstore_facade::emulator::catalog::SANDBOX_CONSUMABLE;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let start = balance(&endpoints, &token, &key, SANDBOX_CONSUMABLE).await;
+    let too_much = consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(1), Some(start + 1));
+    let answer = consume(&endpoints, &token, &too_much).await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(answer.json()["innererror"]["code"], "InsufficientQuantity");
+    assert_eq!(
+        balance(&endpoints, &token, &key, SANDBOX_CONSUMABLE).await,
+        start
+    );
+
+    let all = consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(2), Some(start));
+    assert_eq!(
+        consume(&endpoints, &token, &all).await.json()["newQuantity"],
+        0
+    );
+    let other_quantity = consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(2), Some(1));
+    let answer = consume(&endpoints, &token, &other_quantity).await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(answer.json()["innererror"]["code"], "TrackingIdConflict");
+    assert!(
+        answer.inner_data().contains("trackingId"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn consume_of_a_developer_managed_consumable_takes_no_quantity_and_replays_without_orders() {
+    use msstore_facade::emulator::catalog::SANDBOX_UNMANAGED_CONSUMABLE as UNMANAGED;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let with_quantity = consume_body(&key, UNMANAGED, &tracking_id(1), Some(1));
+    let answer = consume(&endpoints, &token, &with_quantity).await;
+    assert_invalid_parameter(&answer, "removeQuantity", "unmanaged with removeQuantity");
+
+    let body = consume_body(&key, UNMANAGED, &tracking_id(2), None);
+    let first = consume(&endpoints, &token, &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(first["newQuantity"], 0);
+    assert_eq!(
+        first["orderTransactions"].as_array().map(Vec::len),
+        Some(1),
+        "{first}"
+    );
+    let replay = consume(&endpoints, &token, &body).await.json();
+    assert_eq!(replay["newQuantity"], 0);
+    assert_eq!(replay["itemId"], first["itemId"]);
+    assert_eq!(replay["orderTransactions"], json!([]), "{replay}");
+
+    let mut in_sandbox = consume_body(&key, UNMANAGED, &tracking_id(3), None);
+    in_sandbox["sbx"] = json!("XDKS.1");
+    let answer = consume(&endpoints, &token, &in_sandbox).await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(
+        answer.json()["innererror"]["code"],
+        "XstsAuthenticationRequired"
+    );
+    in_sandbox["sbx"] = json!("RETAIL");
+    assert_eq!(consume(&endpoints, &token, &in_sandbox).await.status, 200);
+}
+
+#[tokio::test]
+async fn consume_refuses_bad_tracking_ids_and_products_that_are_not_consumables() {
+    use msstore_facade::emulator::catalog::{SANDBOX_CONSUMABLE, SANDBOX_DURABLE};
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let cases = [
+        (
+            "non-GUID trackingId",
+            consume_body(&key, SANDBOX_CONSUMABLE, "retry-1", Some(1)),
+            "trackingId",
+        ),
+        (
+            "no removeQuantity",
+            consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(1), None),
+            "removeQuantity",
+        ),
+        (
+            "zero removeQuantity",
+            consume_body(&key, SANDBOX_CONSUMABLE, &tracking_id(1), Some(0)),
+            "removeQuantity",
+        ),
+        (
+            "durable",
+            consume_body(&key, SANDBOX_DURABLE, &tracking_id(1), Some(1)),
+            "productId",
+        ),
+        (
+            "not owned",
+            consume_body(&key, "9NOTINCATALOG", &tracking_id(1), Some(1)),
+            "productId",
+        ),
+    ];
+    for (case, body, field) in cases {
+        assert_invalid_parameter(&consume(&endpoints, &token, &body).await, field, case);
+    }
+}
+
+#[tokio::test]
+async fn magic_reset_after_commit_loses_the_first_answer_and_the_replay_tells_it() {
+    use msstore_facade::emulator::magic::MAGIC_RESET_AFTER_COMMIT;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let start = balance(&endpoints, &token, &key, MAGIC_RESET_AFTER_COMMIT).await;
+    let body = consume_body(&key, MAGIC_RESET_AFTER_COMMIT, &tracking_id(5), Some(2));
+    let url = format!(
+        "{}/v8.0/collections/consume",
+        endpoints.host_url(Host::Collections)
+    );
+    let error = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .expect_err("the connection is reset");
+    assert!(!error.is_timeout() && !error.is_connect(), "{error:?}");
+    assert_eq!(
+        balance(&endpoints, &token, &key, MAGIC_RESET_AFTER_COMMIT).await,
+        start - 2
+    );
+
+    for _ in 0..2 {
+        let replay = consume(&endpoints, &token, &body).await;
+        assert_eq!(replay.status, 200, "{}", replay.body);
+        assert_eq!(replay.json()["newQuantity"], start - 2);
+        assert_eq!(replay.json()["orderTransactions"][0]["quantityConsumed"], 2);
+    }
+    assert_eq!(
+        balance(&endpoints, &token, &key, MAGIC_RESET_AFTER_COMMIT).await,
+        start - 2
+    );
+}
+
+#[tokio::test]
+async fn magic_ids_fail_the_collections_endpoints_on_purpose() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("alice");
+    let fgrl = "The rate limit of 200 operations in 300 seconds has been exceeded for aspect {userId; publisherId}.";
+    for (magic, field) in [
+        (magic::MAGIC_400, "productSkuIds"),
+        (magic::MAGIC_429, ""),
+        (magic::MAGIC_503, ""),
+    ] {
+        let queried = query(
+            &endpoints,
+            &token,
+            &query_body(&key, &["9NSANDBOXGME", magic], json!({})),
+        )
+        .await;
+        let consumed = consume(
+            &endpoints,
+            &token,
+            &consume_body(&key, magic, &tracking_id(1), Some(1)),
+        )
+        .await;
+        for (answer, field) in [(queried, field), (consumed, "productId")] {
+            answer.assert_store_ids();
+            match magic {
+                magic::MAGIC_400 => assert_invalid_parameter(&answer, field, magic),
+                magic::MAGIC_429 => {
+                    assert_eq!(answer.status, 429, "{}", answer.body);
+                    assert_eq!(answer.header("retry-after"), "30");
+                    assert_eq!(answer.json()["message"], fgrl);
+                }
+                _ => assert_eq!(answer.status, 503, "{}", answer.body),
+            }
+        }
+    }
+    let answer = query(
+        &endpoints,
+        &token,
+        &query_body(&key, &[magic::MAGIC_401_INCONSISTENT_CLIENT_ID], json!({})),
+    )
+    .await;
+    answer.assert_unauthorized("InconsistentClientId", "magic 401");
+}
+
+#[tokio::test]
+async fn the_201st_collections_operation_of_a_user_in_300_seconds_is_throttled() {
+    use msstore_facade::emulator::{catalog::SANDBOX_GAME, RATE_LIMIT_OPERATIONS};
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = collections_key("busy-user");
+    let body = query_body(&key, &[SANDBOX_GAME], json!({}));
+    for n in 0..RATE_LIMIT_OPERATIONS - 1 {
+        let answer = query(&endpoints, &token, &body).await;
+        assert_eq!(answer.status, 200, "operation {n}: {}", answer.body);
+    }
+    let last = consume(
+        &endpoints,
+        &token,
+        &consume_body(&key, "9NSANDBOXCNS", &tracking_id(1), Some(1)),
+    )
+    .await;
+    assert_eq!(last.status, 200, "consume counts too: {}", last.body);
+    let throttled = query(&endpoints, &token, &body).await;
+    assert_eq!(throttled.status, 429, "{}", throttled.body);
+    let retry_after: u64 = throttled.header("retry-after").parse().unwrap();
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        throttled.json()["message"],
+        "The rate limit of 200 operations in 300 seconds has been exceeded for aspect {userId; publisherId}."
+    );
+    let other_user = query(
+        &endpoints,
+        &token,
+        &query_body(&collections_key("calm-user"), &[SANDBOX_GAME], json!({})),
+    )
+    .await;
+    assert_eq!(other_user.status, 200, "{}", other_user.body);
+}

@@ -11,11 +11,30 @@ pub(super) fn now() -> i64 {
 
 /// `2024-05-01 12:00:00Z`, the form of Entra's `timestamp` field.
 pub(super) fn entra_timestamp(unix_seconds: i64) -> String {
-    let days = unix_seconds.div_euclid(86_400);
-    let of_day = unix_seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    format!("{} {}Z", civil_date(unix_seconds), civil_time(unix_seconds))
+}
+
+/// `2026-01-02T03:04:05.0000000+00:00`, the form of the Store's dates (ISO-8601, seven
+/// fraction digits, an offset).
+pub(super) fn store_timestamp(unix_seconds: i64) -> String {
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        "{}T{}.0000000+00:00",
+        civil_date(unix_seconds),
+        civil_time(unix_seconds)
+    )
+}
+
+/// `2024-05-01`, in UTC.
+fn civil_date(unix_seconds: i64) -> String {
+    let (year, month, day) = civil_from_days(unix_seconds.div_euclid(86_400));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// `12:00:00`, in UTC.
+fn civil_time(unix_seconds: i64) -> String {
+    let of_day = unix_seconds.rem_euclid(86_400);
+    format!(
+        "{:02}:{:02}:{:02}",
         of_day / 3600,
         of_day % 3600 / 60,
         of_day % 60
@@ -81,6 +100,10 @@ mod tests {
         assert_eq!(entra_timestamp(0), "1970-01-01 00:00:00Z");
         assert_eq!(entra_timestamp(1_714_564_800), "2024-05-01 12:00:00Z");
         assert_eq!(entra_timestamp(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(
+            store_timestamp(1_714_564_800),
+            "2024-05-01T12:00:00.0000000+00:00"
+        );
     }
 
     #[test]

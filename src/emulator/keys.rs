@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
@@ -39,6 +38,11 @@ pub const KEY_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn claim(name: &str) -> String {
     format!("{CLAIMS}{name}")
+}
+
+/// The Store's own claim `name` of a key (`userId`, `clientId`, `payload`, ...).
+pub(super) fn key_claim<'c>(claims: &'c Claims, name: &str) -> Option<&'c str> {
+    jwt::text(claims, &claim(name))
 }
 
 /// A Store ID key to mint: what `msstore-facade sandbox-key` prints, and what tests renew.
@@ -179,20 +183,8 @@ async fn renew(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let is_json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return store_answer::failure(
-            &headers,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json.",
-        );
+    if let Err(refusal) = store_answer::require_json(&headers) {
+        return *refusal;
     }
     let (ticket, key) = match parse_body(&body) {
         Ok(fields) => fields,
@@ -202,7 +194,7 @@ async fn renew(
     };
     let magic = jwt::decode_unverified(&key)
         .ok()
-        .and_then(|claims| jwt::text(&claims, &claim("payload")).and_then(Magic::parse));
+        .and_then(|claims| key_claim(&claims, "payload").and_then(Magic::parse));
     if let Some(magic) = magic {
         if let Some(answer) = magic.apply(&headers, "key", &connection).await {
             return answer;
@@ -225,7 +217,8 @@ fn parse_body(body: &[u8]) -> Result<(String, String), &'static str> {
     Ok((ticket, key))
 }
 
-type Refusal = (&'static str, &'static str);
+/// A 401 refusal: the Store's inner code and a detail that echoes nothing of the request.
+pub(super) type Refusal = (&'static str, &'static str);
 
 /// The old key's claims, if the ticket and the key pass every check.
 fn check(host: Host, ticket: &str, key: &str) -> Result<Claims, Refusal> {
@@ -235,9 +228,20 @@ fn check(host: Host, ticket: &str, key: &str) -> Result<Claims, Refusal> {
             "A service ticket (Entra access token) is required.",
         ));
     }
+    let ticket = verify_ticket(ticket).map_err(|_| {
+        (
+            inner_code::AUTHENTICATION_TOKEN_INVALID,
+            "Authentication token supplied is invalid or expired.",
+        )
+    })?;
+    check_key(host, key, &ticket.appid)
+}
+
+/// The claims of a Store ID `key` sent to `host` on behalf of the application `appid`: issued
+/// here for that host, not expired, and minted for that application (else the 401 inner code
+/// and detail the Store answers).
+pub(super) fn check_key(host: Host, key: &str, appid: &str) -> Result<Claims, Refusal> {
     let invalid = |detail| (inner_code::AUTHENTICATION_TOKEN_INVALID, detail);
-    let ticket = verify_ticket(ticket)
-        .map_err(|_| invalid("Authentication token supplied is invalid or expired."))?;
     let claims = jwt::decode(key).map_err(|_| invalid("The key is invalid or revoked."))?;
     if jwt::text(&claims, "aud") != key_audience(host) {
         return Err(invalid("The key was issued for another service."));
@@ -245,7 +249,7 @@ fn check(host: Host, ticket: &str, key: &str) -> Result<Claims, Refusal> {
     if !jwt::is_current(&claims, now()) {
         return Err(invalid("The key has expired."));
     }
-    if jwt::text(&claims, &claim("clientId")) != Some(ticket.appid.as_str()) {
+    if key_claim(&claims, "clientId") != Some(appid) {
         return Err((
             inner_code::INCONSISTENT_CLIENT_ID,
             "The key's clientId differs from the service ticket's appid.",
@@ -255,7 +259,7 @@ fn check(host: Host, ticket: &str, key: &str) -> Result<Claims, Refusal> {
 }
 
 fn renewed_key(host: Host, old: &Claims, refresh_base: &Url) -> String {
-    let carried = |name: &str| jwt::text(old, &claim(name)).unwrap_or_default().to_owned();
+    let carried = |name: &str| key_claim(old, name).unwrap_or_default().to_owned();
     StoreKeySpec::new(host)
         .client_id(carried("clientId"))
         .user_id(carried("userId"))

@@ -1,6 +1,11 @@
 //! Magic ids: values that make the emulator fail on purpose, so every error path of a client
 //! can be reached on demand. For offline licenses the product id is the magic value; for key
-//! renewal it is the key's `payload` claim (`msstore-facade sandbox-key --magic ...`).
+//! renewal it is the key's `payload` claim (`msstore-facade sandbox-key --magic ...`); for the
+//! collections query it is a `productId` in `productSkuIds`, for consume the `productId`.
+//!
+//! [`MAGIC_RESET_AFTER_COMMIT`] is different: not a failure [`Magic::parse`] knows, but a
+//! product of the sandbox catalog whose consume does its work and then loses the answer
+//! (see [`CONSUME_PRODUCTS`]).
 
 use std::time::Duration;
 
@@ -53,6 +58,18 @@ pub const MAGIC_MALFORMED: &str = "MAGIC-MALFORMED";
 /// 200 whose `Content-Length` promises 4096 bytes; the connection is closed after the first
 /// 39 (a JSON object cut off mid-string).
 pub const MAGIC_TRUNCATED: &str = "MAGIC-TRUNCATED";
+
+/// A store-managed consumable every sandbox user owns, for testing exactly-once consumes: the
+/// first consume of each `trackingId` is committed (the balance goes down, the result is kept)
+/// and then the TCP connection is reset with no answer byte, as if the answer were lost on the
+/// way back; a replay of the same `trackingId` answers 200 with the kept result. Only
+/// `POST /collections/v8.0/collections/consume` resets; the collections query lists it like
+/// any other consumable.
+pub const MAGIC_RESET_AFTER_COMMIT: &str = "MAGIC-RESET-AFTER-COMMIT";
+
+/// The magic products of consume: catalog products with an effect, not failures, and so not
+/// in [`DOCUMENTED`] (which every endpoint answers the same way).
+pub const CONSUME_PRODUCTS: [&str; 1] = [MAGIC_RESET_AFTER_COMMIT];
 
 /// The longest `MAGIC-SLOW-<ms>` delay; larger values wait this long.
 pub const MAX_SLOW: Duration = Duration::from_secs(60);
@@ -165,6 +182,24 @@ impl Magic {
         parameter: &str,
         connection: &ConnectionControl,
     ) -> Option<Response> {
+        self.apply_throttling_as(
+            request,
+            parameter,
+            connection,
+            store_answer::THROTTLED_MESSAGE,
+        )
+        .await
+    }
+
+    /// [`Magic::apply`] for an endpoint whose 429 says `throttle_message` (the collections
+    /// endpoints answer with the rate limiter's own text).
+    pub(super) async fn apply_throttling_as(
+        self,
+        request: &HeaderMap,
+        parameter: &str,
+        connection: &ConnectionControl,
+        throttle_message: &str,
+    ) -> Option<Response> {
         let mut answer = match self {
             Self::Slow(delay) => {
                 tokio::time::sleep(delay).await;
@@ -181,7 +216,11 @@ impl Magic {
             Self::Malformed => malformed(request),
             Self::Truncated => truncated(request),
             Self::Status { status, inner_code } => {
-                status_answer(request, status, inner_code, parameter)
+                let texts = StatusTexts {
+                    parameter,
+                    throttle_message,
+                };
+                status_answer(request, status, inner_code, &texts)
             }
         };
         // For the log line: what the wire saw may not be what the status says.
@@ -209,19 +248,30 @@ fn unauthorized(inner_code: &'static str) -> Magic {
     }
 }
 
+/// What a status answer names: the parameter that carried the magic value, and the text of
+/// a 429.
+struct StatusTexts<'a> {
+    parameter: &'a str,
+    throttle_message: &'a str,
+}
+
 fn status_answer(
     request: &HeaderMap,
     status: StatusCode,
     inner: Option<&'static str>,
-    parameter: &str,
+    texts: &StatusTexts<'_>,
 ) -> Response {
     let detail = "Answered on purpose by a magic id of the sandbox emulator.";
     match (status, inner) {
-        (StatusCode::BAD_REQUEST, _) => store_answer::invalid_parameter(request, parameter, detail),
-        (StatusCode::UNAUTHORIZED, Some(code)) => store_answer::unauthorized(request, code, detail),
-        (StatusCode::TOO_MANY_REQUESTS, _) => {
-            store_answer::throttled(request, THROTTLE_RETRY_AFTER_SECONDS)
+        (StatusCode::BAD_REQUEST, _) => {
+            store_answer::invalid_parameter(request, texts.parameter, detail)
         }
+        (StatusCode::UNAUTHORIZED, Some(code)) => store_answer::unauthorized(request, code, detail),
+        (StatusCode::TOO_MANY_REQUESTS, _) => store_answer::throttled(
+            request,
+            THROTTLE_RETRY_AFTER_SECONDS,
+            texts.throttle_message,
+        ),
         _ => store_answer::failure(request, status, detail),
     }
 }
@@ -328,6 +378,7 @@ mod tests {
             "MAGIC-SLOW-",
             "MAGIC-SLOW-1s",
             "MAGIC-401-SOMETHING",
+            MAGIC_RESET_AFTER_COMMIT,
         ] {
             assert_eq!(Magic::parse(not_magic), None, "{not_magic}");
         }

@@ -9,17 +9,23 @@
 //! |---|---|
 //! | `/login` | the Entra authority: `POST /login/{tenant}/oauth2/v2.0/token` |
 //! | `/bspmts` | Store for Business: `POST /bspmts/V1/Products/{p}/{s}/OfflineLicense/{c}` |
-//! | `/collections` | `POST /collections/v6.0/b2b/keys/renew` |
+//! | `/collections` | `POST /collections/v6.0/b2b/keys/renew`, `POST /collections/v9.0/collections/publisherQuery`, `POST /collections/v8.0/collections/consume` |
 //! | `/purchase` | `POST /purchase/v6.0/b2b/keys/renew` |
 //!
 //! The sandbox application ([`SANDBOX_CLIENT_ID`], [`SANDBOX_CLIENT_SECRET`]) is the only
-//! registered client; any tenant is accepted. [`magic`] ids make it fail on purpose.
+//! registered client; any tenant is accepted. [`magic`] ids make it fail on purpose. Every
+//! sandbox user owns the [`catalog`]; consumable balances and the rate limit's counts live in
+//! the emulator's memory, from start to stop.
 
 mod business_store;
+pub mod catalog;
 mod cli;
 mod clock;
+mod collections;
 mod connection;
+mod consume;
 mod entra;
+mod fgrl;
 mod jwt;
 mod keys;
 pub mod magic;
@@ -42,6 +48,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use cli::{EmulatorArgs, SandboxKeyArgs, SandboxKeyType};
+pub use collections::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PRODUCT_SKU_IDS};
+pub use fgrl::{RATE_LIMIT_OPERATIONS, RATE_LIMIT_WINDOW_SECONDS};
 pub use keys::{StoreKeySpec, KEY_LIFETIME, SANDBOX_USER_ID};
 pub use magic::Magic;
 
@@ -145,6 +153,10 @@ pub struct Emulator {
 struct EmulatorState {
     /// Put into renewed keys' `refreshUri`.
     refresh_base: Arc<Url>,
+    /// Consumable balances and committed consumes.
+    ledger: Arc<consume::Ledger>,
+    /// The Store's per-user rate limit on the collections operations.
+    rate_limiter: Arc<fgrl::RateLimiter>,
 }
 
 impl Emulator {
@@ -177,6 +189,8 @@ impl Emulator {
     ) -> io::Result<()> {
         let state = EmulatorState {
             refresh_base: Arc::new(self.endpoints.base_url()),
+            ledger: Arc::default(),
+            rate_limiter: Arc::default(),
         };
         let app = router(state).into_make_service_with_connect_info::<ConnectionControl>();
         axum::serve(ResettableListener(self.listener), app)
@@ -241,6 +255,8 @@ fn router(state: EmulatorState) -> Router {
         .merge(entra::routes())
         .merge(business_store::routes())
         .merge(keys::routes())
+        .merge(collections::routes())
+        .merge(consume::routes())
         .layer(middleware::from_fn(log_exchange))
         .with_state(state)
 }
@@ -272,6 +288,8 @@ async fn about() -> &'static str {
         "POST /login/{tenant}/oauth2/v2.0/token\n",
         "POST /bspmts/V1/Products/{productId}/{skuId}/OfflineLicense/{contentId}\n",
         "POST /collections/v6.0/b2b/keys/renew\n",
+        "POST /collections/v9.0/collections/publisherQuery\n",
+        "POST /collections/v8.0/collections/consume\n",
         "POST /purchase/v6.0/b2b/keys/renew\n",
     )
 }

@@ -70,6 +70,27 @@ pub(super) fn json_answer(status: StatusCode, request: &HeaderMap, body: &Value)
     response
 }
 
+/// `Ok` when the request says its body is JSON, else the 415 answer.
+pub(super) fn require_json(request: &HeaderMap) -> Result<(), Box<Response>> {
+    let is_json = request
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(Box::new(failure(
+            request,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json.",
+        )))
+    }
+}
+
 /// A `ServiceError` whose documented inner code sits only inside `innererror.data`, as in
 /// real 401 answers.
 pub(super) fn unauthorized(request: &HeaderMap, inner: &str, detail: &str) -> Response {
@@ -108,13 +129,36 @@ pub(super) fn failure(request: &HeaderMap, status: StatusCode, message: &str) ->
     json_answer(status, request, &service_error(status, message, None))
 }
 
-/// 429 with `Retry-After: retry_after_seconds`.
-pub(super) fn throttled(request: &HeaderMap, retry_after_seconds: u64) -> Response {
-    let mut response = failure(
-        request,
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too many requests; retry later.",
+/// A refusal the Store documents no shape for (insufficient balance and the like): `status`
+/// with an inner error whose `code` is the emulator's own `inner` and whose `data` names
+/// `field`, so that callers can tell the cases apart.
+pub(super) fn refused(
+    request: &HeaderMap,
+    status: StatusCode,
+    inner: &str,
+    field: &str,
+    detail: &str,
+) -> Response {
+    let body = service_error(
+        status,
+        detail,
+        Some(json!({
+            "code": inner,
+            "message": detail,
+            "source": SOURCE,
+            "details": [],
+            "data": [format!("{field} : {detail}")],
+        })),
     );
+    json_answer(status, request, &body)
+}
+
+/// What a 429 says unless the endpoint has its own text.
+pub(super) const THROTTLED_MESSAGE: &str = "Too many requests; retry later.";
+
+/// 429 saying `message`, with `Retry-After: retry_after_seconds`.
+pub(super) fn throttled(request: &HeaderMap, retry_after_seconds: u64, message: &str) -> Response {
+    let mut response = failure(request, StatusCode::TOO_MANY_REQUESTS, message);
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(retry_after_seconds));
