@@ -301,7 +301,17 @@ async fn answer_consume(
     request: &ConsumeRequest,
     user: &StoreUser,
 ) -> Result<Response, Response> {
-    let (product_id, kind) = catalog::product(&request.product_id).ok_or_else(|| {
+    // A slow magic id waits (already done), then answers as usual: as a consume of the
+    // sandbox's store-managed consumable, since the magic id itself is no product.
+    let product = if request
+        .product_id
+        .starts_with(super::magic::MAGIC_SLOW_PREFIX)
+    {
+        catalog::SANDBOX_CONSUMABLE
+    } else {
+        &request.product_id
+    };
+    let (product_id, kind) = catalog::product(product).ok_or_else(|| {
         BadField::new(
             "productId",
             "The user owns no consumable with this productId.",

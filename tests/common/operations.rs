@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use msstore_facade::api::StoreOperation;
+use msstore_facade::emulator::catalog::{SANDBOX_CONSUMABLE, SANDBOX_DURABLE};
 use msstore_facade::emulator::StoreKeySpec;
 use msstore_facade::error::ErrorMapping;
 use msstore_facade::ops;
@@ -439,11 +440,6 @@ fn collections_key_variant(variant: u32) -> String {
 fn sandbox_collections_key() -> String {
     StoreKeySpec::new(Host::Collections).mint()
 }
-
-/// A durable every sandbox user owns.
-const SANDBOX_DURABLE: &str = "9NSANDBOXDUR";
-/// A store-managed consumable every sandbox user owns.
-const SANDBOX_CONSUMABLE: &str = "9NSANDBOXCON";
 
 /// The GUID tracking id of variant `variant`.
 pub fn tracking_id(variant: u32) -> String {
