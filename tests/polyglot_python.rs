@@ -364,3 +364,155 @@ async fn python_callers_see_answers_codes_and_rich_details() {
     assert_eq!(Harness::requests(&h.collections).await.len(), 1);
     assert_eq!(Harness::requests(&h.purchase).await.len(), 1);
 }
+
+/// The collections RPCs and GetKeyCreationTokens from Python, against the sandbox emulator:
+/// typed answers (enums by name, Timestamps, Durations), and each error class's details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_callers_use_the_collections_rpcs_against_the_sandbox() {
+    use msstore_facade::emulator::catalog::{
+        PRODUCTS, SANDBOX_APP_TRIAL, SANDBOX_CONSUMABLE, SANDBOX_UNMANAGED_CONSUMABLE,
+    };
+    use msstore_facade::emulator::StoreKeySpec;
+    use msstore_facade::upstream::Host;
+
+    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let emulator = start_emulator().await;
+    let facade = Facade::start(sandbox_settings(&emulator)).await;
+    let key = StoreKeySpec::new(Host::Collections)
+        .user_id("py-user")
+        .mint();
+    let purchase_key = StoreKeySpec::new(Host::Purchase).user_id("py-user").mint();
+    let expired = StoreKeySpec::new(Host::Collections)
+        .issued_at(now() - 40 * 86_400)
+        .mint();
+    let products: Vec<Value> = PRODUCTS
+        .iter()
+        .map(|p| json!({ "product_id": p }))
+        .collect();
+
+    const TOKENS: &str = "msstore.v1.StoreKeys/GetKeyCreationTokens";
+    const QUERY: &str = "msstore.v1.StoreCollections/QueryCollections";
+    const CONSUME: &str = "msstore.v1.StoreCollections/ConsumeProduct";
+    let scenarios = json!([
+        {"name": "tokens", "method": TOKENS, "request": {}},
+        {
+            "name": "query_all", "method": QUERY,
+            "request": {"user_key": key, "products": products, "page_size": 3, "all_pages": true},
+        },
+        {
+            "name": "query_page", "method": QUERY,
+            "request": {"user_key": key, "products": products, "page_size": 3},
+        },
+        {
+            "name": "consume_managed", "method": CONSUME,
+            "request": {"user_key": key, "product_id": SANDBOX_CONSUMABLE,
+                        "tracking_id": "3c9e2f7a-1b4d-4e8f-a6c2-5d7e9f0a1b2c",
+                        "remove_quantity": 2, "include_order_ids": true},
+        },
+        {
+            "name": "consume_unmanaged", "method": CONSUME,
+            "request": {"user_key": key, "product_id": SANDBOX_UNMANAGED_CONSUMABLE,
+                        "tracking_id": "3c9e2f7a-1b4d-4e8f-a6c2-5d7e9f0a1b2d"},
+        },
+        {
+            "name": "consume_bad_tracking_id", "method": CONSUME,
+            "request": {"user_key": key, "product_id": SANDBOX_CONSUMABLE,
+                        "tracking_id": "order-42", "remove_quantity": 1},
+        },
+        {
+            "name": "query_purchase_key", "method": QUERY,
+            "request": {"user_key": purchase_key, "products": [{"product_id": SANDBOX_CONSUMABLE}]},
+        },
+        {
+            "name": "consume_expired_key", "method": CONSUME,
+            "request": {"user_key": expired, "product_id": SANDBOX_CONSUMABLE,
+                        "tracking_id": "3c9e2f7a-1b4d-4e8f-a6c2-5d7e9f0a1b2e", "remove_quantity": 1},
+        },
+        {
+            // Shorter than the emulator's 30 s Retry-After: handed on at once.
+            "name": "query_throttled", "method": QUERY,
+            "request": {"user_key": key, "products": [{"product_id": "MAGIC-429"}]},
+            "timeout": 3,
+        },
+    ]);
+    let addr = facade.addr;
+    let results = tokio::task::spawn_blocking(move || run_client(&python, addr, &scenarios))
+        .await
+        .unwrap();
+    let result = |name: &str| &results[name];
+
+    let tokens = result("tokens");
+    assert_eq!(text(tokens, "/code"), "OK", "{tokens:#}");
+    assert_eq!(
+        claims(text(tokens, "/response/collections_token"))["aud"],
+        "https://onestore.microsoft.com/b2b/keys/create/collections"
+    );
+    assert_eq!(
+        claims(text(tokens, "/response/purchase_token"))["aud"],
+        "https://onestore.microsoft.com/b2b/keys/create/purchase"
+    );
+    assert!(tokens["timestamps"]["expires_at"].as_i64().unwrap() > now());
+
+    let all = result("query_all");
+    assert_eq!(text(all, "/code"), "OK", "{all:#}");
+    assert_eq!(all["response"]["complete"], json!(true));
+    assert!(
+        all["response"]["duplicates_dropped"].as_i64().unwrap() > 0,
+        "{all:#}"
+    );
+    let items = all["response"]["items"].as_array().unwrap();
+    let trial = items
+        .iter()
+        .find(|i| i["product_id"] == SANDBOX_APP_TRIAL)
+        .expect("the trial app");
+    assert_eq!(trial["product_kind"], "PRODUCT_KIND_APPLICATION");
+    assert_eq!(trial["status"], "ITEM_STATUS_ACTIVE");
+    // Duration and Timestamp in proto JSON.
+    assert_eq!(trial["trial"]["trial_time_remaining"], "604799.123456700s");
+    assert!(text(trial, "/acquired_date").ends_with('Z'), "{trial:#}");
+    let page = result("query_page");
+    assert_eq!(page["response"]["items"].as_array().unwrap().len(), 3);
+    assert!(!text(page, "/response/next_page_token").is_empty());
+
+    let managed = result("consume_managed");
+    assert_eq!(text(managed, "/code"), "OK", "{managed:#}");
+    assert_eq!(
+        text(managed, "/response/tracking_id"),
+        "3c9e2f7a-1b4d-4e8f-a6c2-5d7e9f0a1b2c"
+    );
+    assert!(!managed["response"]["order_transactions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let unmanaged = result("consume_unmanaged");
+    assert_eq!(text(unmanaged, "/code"), "OK", "{unmanaged:#}");
+    // proto3 JSON leaves a zero out.
+    assert!(unmanaged["response"].get("new_quantity").is_none());
+
+    let bad = result("consume_bad_tracking_id");
+    assert_error(bad, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(strings(bad, "/bad_request_fields"), ["tracking_id"]);
+
+    let mismatch = result("query_purchase_key");
+    assert_error(mismatch, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(text(mismatch, "/error_info/reason"), "KEY_TYPE_MISMATCH");
+    assert_eq!(strings(mismatch, "/bad_request_fields"), ["user_key"]);
+    assert!(!mismatch.to_string().contains(&purchase_key));
+
+    let expired = result("consume_expired_key");
+    assert_error(expired, "FAILED_PRECONDITION", "msstore-facade");
+    assert_eq!(text(expired, "/error_info/reason"), "STORE_KEY_EXPIRED");
+    assert!(text(expired, "/error_info/metadata/expires_at").ends_with('Z'));
+
+    let throttled = result("query_throttled");
+    assert_error(throttled, "RESOURCE_EXHAUSTED", "127.0.0.1");
+    assert_eq!(
+        throttled["retry_delay_seconds"],
+        json!(30.0),
+        "{throttled:#}"
+    );
+    assert!(
+        text(throttled, "/message").contains("The rate limit of 200 operations"),
+        "{throttled:#}"
+    );
+}
