@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use msstore_facade::config::LogFormat;
-use msstore_facade::proto::msstore::v1::RenewKeyRequest;
+use msstore_facade::proto::msstore::v1::{GetKeyCreationTokensRequest, RenewKeyRequest};
 use msstore_facade::telemetry::log_layer;
 use serde_json::json;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -88,6 +88,14 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         "the Store's answer reached the mapping, scrubbed: {}",
         refused.message()
     );
+    // The key-creation tokens are meant for the caller, never for a log line.
+    let tokens = h
+        .keys()
+        .get_key_creation_tokens(GetKeyCreationTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tokens.collections_token.contains("access-token-never-log-me"));
     let before_echoes = capture.text();
     let echoed = every_operation_echoed_by_the_store(&capture).await;
 
@@ -95,7 +103,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
     // The capture really saw the calls, at trace level, from the HTTP stacks too.
     assert_eq!(
         logs.matches("rpc finished").count(),
-        6,
+        8,
         "one text + one JSON line per RPC"
     );
     assert!(logs.contains("TRACE"), "no trace-level lines captured");
@@ -106,7 +114,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .filter(|line: &serde_json::Value| line["message"] == "rpc finished")
         .collect();
-    assert_eq!(json_rpc_lines.len(), 3);
+    assert_eq!(json_rpc_lines.len(), 4);
     for line in &json_rpc_lines {
         assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
         assert!(line["ms_cv"].is_string(), "{line}");
