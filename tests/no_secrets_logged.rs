@@ -95,7 +95,9 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         .await
         .unwrap()
         .into_inner();
-    assert!(tokens.collections_token.contains("access-token-never-log-me"));
+    assert!(tokens
+        .collections_token
+        .contains("access-token-never-log-me"));
     let before_echoes = capture.text();
     let echoed = every_operation_echoed_by_the_store(&capture).await;
 

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store_user::{Beneficiary, StoreUser, UserFields};
+use super::store_user::{user_fields, Beneficiary, StoreUser};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{Credential, StoreOperation, Token};
 use crate::error::{ApiError, ErrorMapping};
@@ -98,11 +98,7 @@ impl StoreOperation for ConsumeProduct {
 
     fn validate(request: Self::Request, tenants: &Tenants) -> Result<Consume, ApiError> {
         let mut checks = Checks::default();
-        let fields = UserFields {
-            key: &request.user_key,
-            sandbox_id: &request.sandbox_id,
-            tenant_id: &request.tenant_id,
-        };
+        let fields = user_fields!(request);
         let tenant = StoreUser::check(&mut checks, &fields);
         checks.store_id("product_id", &request.product_id);
         if request.tracking_id.is_empty() {
@@ -154,11 +150,7 @@ impl StoreOperation for ConsumeProduct {
             include_order_ids: consume.include_order_ids,
             sbx: consume.user.sbx(),
         };
-        Ok(
-            UpstreamRequest::new(Self::ROUTE, Self::ROUTE.template.to_owned())
-                .authorization(token.bearer()?)
-                .json(&body),
-        )
+        StoreUser::post(Self::ROUTE, token, &body)
     }
 
     /// The user's key.

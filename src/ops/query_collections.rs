@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::store_user::{Beneficiary, StoreUser, UserFields};
+use super::store_user::{user_fields, Beneficiary, StoreUser};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperation, Token};
 use crate::error::{ApiError, ErrorMapping};
@@ -168,11 +168,7 @@ impl StoreOperation for QueryCollections {
 
     fn validate(request: Self::Request, tenants: &Tenants) -> Result<Query, ApiError> {
         let mut checks = Checks::default();
-        let fields = UserFields {
-            key: &request.user_key,
-            sandbox_id: &request.sandbox_id,
-            tenant_id: &request.tenant_id,
-        };
+        let fields = user_fields!(request);
         let tenant = StoreUser::check(&mut checks, &fields);
         match request.products.len() {
             0 => checks.violation("products", "is required: 1 to 100 products"),
@@ -255,11 +251,7 @@ impl StoreOperation for QueryCollections {
             validity_type: query.validity,
             sbx: query.user.sbx(),
         };
-        Ok(
-            UpstreamRequest::new(Self::ROUTE, Self::ROUTE.template.to_owned())
-                .authorization(token.bearer()?)
-                .json(&body),
-        )
+        StoreUser::post(Self::ROUTE, token, &body)
     }
 
     /// The user's key.

@@ -5,10 +5,11 @@
 use serde::Serialize;
 
 use crate::api::validation::{self, Checks, Tenants};
-use crate::api::Credential;
+use crate::api::{Credential, Token};
 use crate::auth::TenantId;
 use crate::error::ApiError;
-use crate::upstream::Host;
+use crate::telemetry::otel::Route;
+use crate::upstream::{Host, UpstreamRequest};
 
 /// The proto field that carries the user's key in every such request.
 pub const USER_KEY_FIELD: &str = "user_key";
@@ -20,6 +21,19 @@ pub struct StoreUser {
     key: String,
     sandbox: Option<String>,
 }
+
+/// The [`UserFields`] of a request message: every request made for a Store user names them
+/// `user_key`, `sandbox_id` and `tenant_id` (contract, section 7).
+macro_rules! user_fields {
+    ($request:expr) => {
+        $crate::ops::store_user::UserFields {
+            key: &$request.user_key,
+            sandbox_id: &$request.sandbox_id,
+            tenant_id: &$request.tenant_id,
+        }
+    };
+}
+pub(crate) use user_fields;
 
 /// The fields of a request that make a [`StoreUser`], as the caller sent them.
 pub struct UserFields<'a> {
@@ -71,6 +85,18 @@ impl StoreUser {
     /// The `sbx` to send, if any.
     pub fn sbx(&self) -> Option<&str> {
         self.sandbox.as_deref()
+    }
+
+    /// A `POST` of `body` (JSON) to `route`'s path, with `token` as the bearer: the shape of
+    /// every B2B request made for a user.
+    pub fn post(
+        route: &'static Route,
+        token: &Token<'_>,
+        body: &impl Serialize,
+    ) -> Result<UpstreamRequest, ApiError> {
+        Ok(UpstreamRequest::new(route, route.template.to_owned())
+            .authorization(token.bearer()?)
+            .json(body))
     }
 
     /// The user as the Store's UserIdentity: `{"identityType":"b2b","identityValue":key,
