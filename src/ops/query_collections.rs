@@ -18,7 +18,7 @@ use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperati
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
-use crate::upstream::{Answer, Host, UpstreamRequest};
+use crate::upstream::{Answer, Host, UpstreamError, UpstreamRequest};
 
 /// Most products one query may name (more: the Store answers 400).
 pub const MAX_PRODUCTS: usize = 100;
@@ -297,7 +297,8 @@ impl StoreOperation for QueryCollections {
 }
 
 /// Follows continuation tokens from `query`'s page until the last page or until the next
-/// page could not be had before the caller's deadline; duplicates dropped.
+/// page could not be had before the caller's deadline; duplicates dropped. The ids in the
+/// answer's metadata are those of the last page.
 async fn all_pages(
     backends: &Backends,
     mut query: Query,
@@ -305,48 +306,53 @@ async fn all_pages(
 ) -> Outcome<pb::QueryCollectionsResponse> {
     let deadline = attempts.deadline();
     let mut merged = Merged::default();
-    let mut slowest = Duration::ZERO;
-    let mut last: Option<Answer<()>> = None;
+    let started = Instant::now();
+    let mut page = exchange::<QueryCollections>(backends, &query, attempts).await?;
+    let mut slowest = started.elapsed();
     loop {
-        let started = Instant::now();
-        // After the first page, a page that would end past the deadline is not asked for:
-        // what was gathered goes back with the token to continue from.
-        let page = if last.is_none() {
-            exchange::<QueryCollections>(backends, &query, attempts).await?
-        } else {
-            let Some(left) = deadline.checked_duration_since(started + ANSWER_MARGIN) else {
-                break;
-            };
-            if left < slowest {
-                break;
-            }
-            match tokio::time::timeout(
-                left,
-                exchange::<QueryCollections>(backends, &query, attempts),
-            )
-            .await
-            {
-                Ok(page) => page?,
-                Err(_) => break,
-            }
-        };
-        slowest = slowest.max(started.elapsed());
         merged.pages += 1;
-        merged.add(page.value.items);
-        last = Some(Answer {
-            value: (),
-            ids: page.ids,
-            http_status: page.http_status,
-        });
-        match page.value.continuation_token {
-            Some(token) if !token.is_empty() => query.continuation = Some(token),
-            _ => {
-                query.continuation = None;
-                break;
-            }
+        merged.add(std::mem::take(&mut page.value.items));
+        let next = page
+            .value
+            .continuation_token
+            .take()
+            .filter(|token| !token.is_empty());
+        // A Store that answered the token it was sent would be followed forever.
+        if next.is_some() && next == query.continuation {
+            return Err(ApiError::upstream(
+                QueryCollections::ERRORS,
+                UpstreamError::Malformed {
+                    host: backends.store.host(Host::Collections).name().clone(),
+                    http_status: page.http_status,
+                    ids: Box::new(page.ids),
+                    expected: "a continuation token other than the one it was sent",
+                },
+            ));
         }
+        query.continuation = next;
+        if query.continuation.is_none() {
+            break;
+        }
+        // A page that would end past the deadline is not asked for: what was gathered goes
+        // back with the token to continue from.
+        let started = Instant::now();
+        let Some(left) = deadline.checked_duration_since(started + ANSWER_MARGIN) else {
+            break;
+        };
+        if left < slowest {
+            break;
+        }
+        match tokio::time::timeout(
+            left,
+            exchange::<QueryCollections>(backends, &query, attempts),
+        )
+        .await
+        {
+            Ok(next) => page = next?,
+            Err(_) => break,
+        }
+        slowest = slowest.max(started.elapsed());
     }
-    let last = last.expect("the first page is always fetched");
     let next_page_token = query
         .continuation
         .as_deref()
@@ -360,8 +366,8 @@ async fn all_pages(
             duplicates_dropped: merged.dropped,
             items: merged.items,
         },
-        ids: last.ids,
-        http_status: last.http_status,
+        ids: page.ids,
+        http_status: page.http_status,
     })
 }
 

@@ -255,6 +255,11 @@ impl Base {
         base
     }
 
+    /// The host's name, without port, as errors name it.
+    pub fn name(&self) -> &Arc<str> {
+        &self.host
+    }
+
     /// The retry budget of this host.
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.retry_budget
