@@ -33,9 +33,10 @@ pub struct ErrorMapping {
     /// (HTTP status, gRPC code) pairs that replace the common table's code.
     pub overrides: &'static [(u16, Code)],
     /// Whether an attempt whose answer was lost (the connection dropped or the attempt timed
-    /// out after the request was sent, so the Store may have processed it) is retried: only
-    /// for operations that the Store makes idempotent (ConsumeProduct, by its tracking id).
-    /// Connect errors, 408, 429 with `Retry-After`, 502, 503 and 504 are retried either way.
+    /// out after the request was sent, so the Store may have processed it) is retried: for
+    /// reads (QueryCollections) and for writes the Store makes idempotent (ConsumeProduct, by
+    /// its tracking id). Connect errors, 408, 429 with `Retry-After`, 502, 503 and 504 are
+    /// retried either way: an operation that is not idempotent needs a narrower rule.
     pub retry_lost_answers: bool,
 }
 

@@ -391,3 +391,42 @@ async fn a_token_issued_for_a_call_makes_the_instance_ready_without_asking_again
     assert_eq!(h.facade.admin_get("/readyz").await.0, 200);
     assert!(h.token.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn readyz_is_not_ready_on_a_key_creation_token_alone() {
+    // Entra issues the key-creation tokens but refuses the service token, with which every
+    // Store call is made.
+    let h = Harness::builder().start().await;
+    Mock::given(method("POST"))
+        .respond_with(|request: &wiremock::Request| {
+            let form = form(&request.body);
+            let scope = form
+                .iter()
+                .find(|(name, _)| name == "scope")
+                .map(|(_, value)| value.as_str())
+                .unwrap_or_default();
+            if scope == "https://onestore.microsoft.com/.default" {
+                ResponseTemplate::new(400).set_body_json(json!({
+                    "error": "invalid_resource",
+                    "error_codes": [500011],
+                }))
+            } else {
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "access_token": format!("{TOKEN_PREFIX}-key-creation"),
+                }))
+            }
+        })
+        .mount(&h.token)
+        .await;
+    h.keys()
+        .get_key_creation_tokens(
+            msstore_facade::proto::msstore::v1::GetKeyCreationTokensRequest::default(),
+        )
+        .await
+        .expect("the key-creation tokens are issued");
+    let (status, body) = h.facade.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("invalid_resource"), "{body}");
+}

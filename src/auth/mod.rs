@@ -7,6 +7,6 @@ mod token;
 
 pub use audience::Audience;
 pub use store_key::{key_audience, KeyClaims, KeyDecodeError};
-pub use tenant::{AllowedTenants, InvalidTenantId, TenantId};
+pub use tenant::{is_guid, AllowedTenants, InvalidTenantId, TenantId};
 pub(crate) use token::token_from_answer;
 pub use token::{AccessToken, CredentialSource, Credentials, TokenError, TokenProvider};

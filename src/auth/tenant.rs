@@ -81,7 +81,8 @@ impl AllowedTenants {
     }
 }
 
-fn is_guid(text: &str) -> bool {
+/// A GUID in its 8-4-4-4-12 hexadecimal form (either case, no braces).
+pub fn is_guid(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() == 36
         && bytes.iter().enumerate().all(|(i, b)| match i {

@@ -441,7 +441,10 @@ impl Inner {
         let fetched = fetched.map_err(Arc::new);
         match &fetched {
             Ok(token) => {
-                self.accepted.store(true, Ordering::Release);
+                // Readiness: the token Store calls are made with, not a key-creation one.
+                if *audience == Audience::Service {
+                    self.accepted.store(true, Ordering::Release);
+                }
                 self.caches[audience.index()]
                     .insert(tenant.clone(), token.clone())
                     .await;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::store_user::{user_fields, Beneficiary, StoreUser};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{Credential, StoreOperation, Token};
+use crate::auth::is_guid;
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
@@ -184,16 +185,6 @@ impl StoreOperation for ConsumeProduct {
                 .collect(),
         }
     }
-}
-
-/// A GUID in its usual 8-4-4-4-12 hexadecimal form (either case).
-fn is_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! call or every page within the caller's deadline, duplicates dropped by Microsoft's
 //! documented priority (2.2).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::store_user::{user_fields, Beneficiary, StoreUser};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperation, Token};
+use crate::auth::KeyClaims;
 use crate::error::{ApiError, ErrorMapping};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
@@ -28,6 +29,9 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Time kept back from the caller's deadline when following pages, to answer in.
 const ANSWER_MARGIN: Duration = Duration::from_millis(25);
+/// Most pages one `all_pages` call follows: 100 products owned in every way the Store knows
+/// fit in far fewer pages, so more means a Store that never ends its walk.
+pub const MAX_PAGES: usize = 100;
 
 /// Queries a user's collection.
 #[derive(Debug)]
@@ -42,6 +46,8 @@ pub struct Query {
     page_size: u32,
     /// The Store's continuation token of the page to ask for.
     continuation: Option<String>,
+    /// What a page token of this query is bound to ([`fingerprint`]).
+    fingerprint: u64,
     all_pages: bool,
 }
 
@@ -185,7 +191,8 @@ impl StoreOperation for QueryCollections {
             }
         }
         let validity = match pb::Validity::try_from(request.validity) {
-            Ok(pb::Validity::Unspecified | pb::Validity::All) => None,
+            Ok(pb::Validity::Unspecified) => None,
+            Ok(pb::Validity::All) => Some("All"),
             Ok(pb::Validity::Valid) => Some("Valid"),
             Ok(pb::Validity::Invalid) => Some("Invalid"),
             Err(_) => {
@@ -201,12 +208,19 @@ impl StoreOperation for QueryCollections {
                 DEFAULT_PAGE_SIZE
             }
         };
-        let continuation = match decode_page_token(&request.page_token) {
+        let products: Vec<(String, Option<String>)> = request
+            .products
+            .into_iter()
+            .map(|p| (p.product_id, (!p.sku_id.is_empty()).then_some(p.sku_id)))
+            .collect();
+        let fingerprint = fingerprint(&products, validity, &request.sandbox_id);
+        let continuation = match decode_page_token(&request.page_token, fingerprint) {
             Ok(continuation) => continuation,
             Err(()) => {
                 checks.violation(
                     "page_token",
-                    "is not a next_page_token this facade gave; pass it back verbatim",
+                    "is not a next_page_token this facade gave for these products, validity \
+                     and sandbox; pass it back verbatim with the same query",
                 );
                 None
             }
@@ -214,14 +228,11 @@ impl StoreOperation for QueryCollections {
         checks.finish()?;
         Ok(Query {
             user: StoreUser::finish(fields, tenant, Host::Collections, tenants)?,
-            products: request
-                .products
-                .into_iter()
-                .map(|p| (p.product_id, (!p.sku_id.is_empty()).then_some(p.sku_id)))
-                .collect(),
+            products,
             validity,
             page_size,
             continuation,
+            fingerprint,
             all_pages: request.all_pages,
         })
     }
@@ -264,16 +275,17 @@ impl StoreOperation for QueryCollections {
     }
 
     /// One page, as the Store answered it.
-    fn respond(page: Page, _: &Query) -> pb::QueryCollectionsResponse {
+    fn respond(page: Page, query: &Query) -> pb::QueryCollectionsResponse {
         let next_page_token = page
             .continuation_token
             .as_deref()
-            .map(encode_page_token)
+            .filter(|token| !token.is_empty())
+            .map(|token| encode_page_token(query.fingerprint, token))
             .unwrap_or_default();
         pb::QueryCollectionsResponse {
             items: page.items.into_iter().map(typed).collect(),
+            complete: next_page_token.is_empty(),
             next_page_token,
-            complete: true,
             pages: 1,
             duplicates_dropped: 0,
         }
@@ -286,6 +298,10 @@ impl StoreOperation for QueryCollections {
     ) -> Outcome<Self::Response> {
         if !query.all_pages {
             let answer = exchange::<Self>(&backends, &query, &attempts).await?;
+            let next = answer.value.continuation_token.as_deref();
+            if next.is_some() && next == query.continuation.as_deref() {
+                return Err(endless(&backends, answer));
+            }
             return Ok(Answer {
                 value: Self::respond(answer.value, &query),
                 ids: answer.ids,
@@ -296,9 +312,11 @@ impl StoreOperation for QueryCollections {
     }
 }
 
-/// Follows continuation tokens from `query`'s page until the last page or until the next
-/// page could not be had before the caller's deadline; duplicates dropped. The ids in the
-/// answer's metadata are those of the last page.
+/// Follows continuation tokens from `query`'s page until the last page, or until the next
+/// page cannot be had before the caller's deadline or fails the way a caller would retry
+/// (UNAVAILABLE, RESOURCE_EXHAUSTED): then what was gathered goes back with the token of the
+/// page that was not had, and `complete` false. Duplicates dropped. The ids in the answer's
+/// metadata are those of the last page.
 async fn all_pages(
     backends: &Backends,
     mut query: Query,
@@ -306,35 +324,26 @@ async fn all_pages(
 ) -> Outcome<pb::QueryCollectionsResponse> {
     let deadline = attempts.deadline();
     let mut merged = Merged::default();
+    let mut sent: HashSet<String> = query.continuation.iter().cloned().collect();
     let started = Instant::now();
     let mut page = exchange::<QueryCollections>(backends, &query, attempts).await?;
     let mut slowest = started.elapsed();
     loop {
         merged.pages += 1;
         merged.add(std::mem::take(&mut page.value.items));
-        let next = page
+        query.continuation = page
             .value
             .continuation_token
             .take()
             .filter(|token| !token.is_empty());
-        // A Store that answered the token it was sent would be followed forever.
-        if next.is_some() && next == query.continuation {
-            return Err(ApiError::upstream(
-                QueryCollections::ERRORS,
-                UpstreamError::Malformed {
-                    host: backends.store.host(Host::Collections).name().clone(),
-                    http_status: page.http_status,
-                    ids: Box::new(page.ids),
-                    expected: "a continuation token other than the one it was sent",
-                },
-            ));
-        }
-        query.continuation = next;
-        if query.continuation.is_none() {
+        let Some(next) = &query.continuation else {
             break;
+        };
+        // A Store that leads back to a page it served, or never stops, would be followed
+        // until the deadline, spending the user's rate limit.
+        if !sent.insert(next.clone()) || sent.len() > MAX_PAGES {
+            return Err(endless(backends, page));
         }
-        // A page that would end past the deadline is not asked for: what was gathered goes
-        // back with the token to continue from.
         let started = Instant::now();
         let Some(left) = deadline.checked_duration_since(started + ANSWER_MARGIN) else {
             break;
@@ -342,13 +351,18 @@ async fn all_pages(
         if left < slowest {
             break;
         }
-        match tokio::time::timeout(
+        let fetched = tokio::time::timeout(
             left,
             exchange::<QueryCollections>(backends, &query, attempts),
         )
-        .await
-        {
-            Ok(next) => page = next?,
+        .await;
+        match fetched {
+            Ok(Ok(next)) => page = next,
+            Ok(Err(error)) if worth_continuing_later(&error) => {
+                tracing::debug!(error = %error, "a later page failed; answering the pages gathered");
+                break;
+            }
+            Ok(Err(error)) => return Err(error),
             Err(_) => break,
         }
         slowest = slowest.max(started.elapsed());
@@ -356,7 +370,7 @@ async fn all_pages(
     let next_page_token = query
         .continuation
         .as_deref()
-        .map(encode_page_token)
+        .map(|token| encode_page_token(query.fingerprint, token))
         .unwrap_or_default();
     Ok(Answer {
         value: pb::QueryCollectionsResponse {
@@ -369,6 +383,28 @@ async fn all_pages(
         ids: page.ids,
         http_status: page.http_status,
     })
+}
+
+/// Whether a failure of a later page is one a caller retries (the Store throttling or
+/// unavailable): the pages gathered are then worth answering, with the token to go on from.
+fn worth_continuing_later(error: &ApiError) -> bool {
+    matches!(
+        tonic::Status::from(error.clone()).code(),
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+    )
+}
+
+/// The Store's continuation tokens lead back to a page already served (or never end).
+fn endless(backends: &Backends, page: Answer<Page>) -> ApiError {
+    ApiError::upstream(
+        QueryCollections::ERRORS,
+        UpstreamError::Malformed {
+            host: backends.store.host(Host::Collections).name().clone(),
+            http_status: page.http_status,
+            ids: Box::new(page.ids),
+            expected: "a continuation token that leads to a page not yet served",
+        },
+    )
 }
 
 /// Items of several pages, one per product and SKU.
@@ -412,6 +448,8 @@ fn priority(item: &pb::CollectionItem) -> (u8, u8) {
     let source = match item.acquisition_type() {
         A::Recurring => 2,
         A::Conditional => 3,
+        // A source this version does not know ranks below every documented one.
+        A::Other => 4,
         _ if !item.satisfied_by_product_ids.is_empty() => 1,
         _ => 0,
     };
@@ -499,7 +537,12 @@ fn timestamp(text: &str) -> Option<prost_types::Timestamp> {
     prost_types::Timestamp::from_str(text)
         .or_else(|_| prost_types::Timestamp::from_str(&format!("{text}Z")))
         .ok()
+        // Beyond the range of a Timestamp (years 1 to 9999), which other languages refuse.
+        .filter(|at| (KeyClaims::EARLIEST..=KeyClaims::LATEST).contains(&at.seconds))
 }
+
+/// The longest `google.protobuf.Duration`, in seconds.
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
 
 /// A .NET `TimeSpan` as the Store writes it: `[-][d.]hh:mm:ss[.fffffff]`; `None` if
 /// unreadable.
@@ -534,6 +577,10 @@ fn time_span(text: &str) -> Option<prost_types::Duration> {
     let seconds = days
         .checked_mul(86_400)?
         .checked_add(hours * 3600 + minutes * 60 + whole)?;
+    // Beyond the range of a Duration (about 10,000 years), which other languages refuse.
+    if seconds > MAX_DURATION_SECONDS {
+        return None;
+    }
     let sign = if negative { -1 } else { 1 };
     Some(prost_types::Duration {
         seconds: sign * seconds,
@@ -549,23 +596,50 @@ fn number(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
-/// The caller's page token of a Store continuation token: base64url, so that callers treat it
-/// as opaque and it travels safely in any client.
-fn encode_page_token(continuation: &str) -> String {
-    URL_SAFE_NO_PAD.encode(continuation)
+/// What a page token is bound to: the products (in any order), the validity and the sandbox,
+/// as a stable 64-bit FNV-1a hash (the same in every version and replica, so that a token
+/// survives a rolling upgrade). The page size may change between pages.
+fn fingerprint(products: &[(String, Option<String>)], validity: Option<&str>, sbx: &str) -> u64 {
+    let mut sorted: Vec<&(String, Option<String>)> = products.iter().collect();
+    sorted.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |text: &str| {
+        for byte in text.bytes().chain([0xff]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (product, sku) in sorted {
+        feed(product);
+        feed(sku.as_deref().unwrap_or(""));
+    }
+    feed(validity.unwrap_or(""));
+    feed(sbx);
+    hash
 }
 
-/// The Store continuation token inside a caller's page token (`None` when empty).
-fn decode_page_token(token: &str) -> Result<Option<String>, ()> {
+/// The caller's page token of a Store continuation token: base64url of the query's
+/// fingerprint and the Store's token, so that callers treat it as opaque, it travels safely in
+/// any client, and it cannot be used with another query.
+fn encode_page_token(fingerprint: u64, continuation: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{fingerprint:016x}.{continuation}"))
+}
+
+/// The Store continuation token inside a caller's page token of the query with `fingerprint`
+/// (`None` when empty).
+fn decode_page_token(token: &str, fingerprint: u64) -> Result<Option<String>, ()> {
     if token.is_empty() {
         return Ok(None);
     }
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(drop)?;
     let text = String::from_utf8(bytes).map_err(drop)?;
-    if text.is_empty() || text.chars().any(char::is_control) {
+    let (bound, continuation) = text.split_once('.').ok_or(())?;
+    if u64::from_str_radix(bound, 16) != Ok(fingerprint)
+        || continuation.is_empty()
+        || continuation.chars().any(char::is_control)
+    {
         return Err(());
     }
-    Ok(Some(text))
+    Ok(Some(continuation.to_owned()))
 }
 
 #[cfg(test)]
@@ -585,6 +659,9 @@ mod tests {
         assert!(at("9999-12-31T23:59:59.9999999+00:00").is_some());
         assert!(at("0001-01-01T00:00:00+00:00").is_some());
         assert_eq!(at("yesterday"), None);
+        // Outside a Timestamp's years 1 to 9999: left unset, not answered out of range.
+        assert_eq!(at("+10000-01-01T00:00:00Z"), None);
+        assert_eq!(at("10000-01-01T00:00:00Z"), None);
     }
 
     #[test]
@@ -593,7 +670,18 @@ mod tests {
         assert_eq!(span("09:43:52.8580690"), Some((35_032, 858_069_000)));
         assert_eq!(span("6.23:59:59"), Some((604_799, 0)));
         assert_eq!(span("-00:00:01.5"), Some((-1, -500_000_000)));
-        for bad in ["", "1:2", "24:00:00", "00:60:00", "a.00:00:00", "00:00:00.1234567890"] {
+        assert_eq!(span("3652424.23:59:59"), Some((315_569_519_999, 0)));
+        for bad in [
+            "",
+            "1:2",
+            "24:00:00",
+            "00:60:00",
+            "a.00:00:00",
+            "00:00:00.1234567890",
+            // Beyond a Duration's range, and beyond i64.
+            "99999999999.00:00:00",
+            "99999999999999999999.00:00:00",
+        ] {
             assert_eq!(span(bad), None, "{bad}");
         }
     }
@@ -659,17 +747,38 @@ mod tests {
         let ids: Vec<&str> = merged.items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["a-direct-revoked", "b-expired", "c-pass"]);
         assert_eq!(merged.dropped, 5);
+
+        // A source this version does not know ranks below every documented one.
+        let mut merged = Merged::default();
+        merged.add(vec![
+            item("D", "Gifted", false, "Active", "d-unknown"),
+            item("D", "Conditional", false, "Revoked", "d-promo"),
+        ]);
+        assert_eq!(merged.items[0].id, "d-promo");
     }
 
     #[test]
     fn page_tokens_round_trip_and_refuse_what_the_facade_did_not_give() {
-        let token = encode_page_token(r#"{"checkSatisfactionIndex":2}"#);
-        assert_eq!(
-            decode_page_token(&token),
-            Ok(Some(r#"{"checkSatisfactionIndex":2}"#.to_owned()))
-        );
-        assert_eq!(decode_page_token(""), Ok(None));
-        assert_eq!(decode_page_token("not base64!"), Err(()));
-        assert_eq!(decode_page_token(&URL_SAFE_NO_PAD.encode([0xff, 0xfe])), Err(()));
+        let products = vec![("A".to_owned(), None), ("B".to_owned(), Some("0010".to_owned()))];
+        let query = fingerprint(&products, Some("Valid"), "");
+        let store = r#"{"checkSatisfactionIndex":2}"#;
+        let token = encode_page_token(query, store);
+        assert_eq!(decode_page_token(&token, query), Ok(Some(store.to_owned())));
+        assert_eq!(decode_page_token("", query), Ok(None));
+        // The same products in another order make the same query.
+        let reordered: Vec<_> = products.iter().rev().cloned().collect();
+        assert_eq!(fingerprint(&reordered, Some("Valid"), ""), query);
+        // Another query refuses it.
+        for other in [
+            fingerprint(&products, None, ""),
+            fingerprint(&products, Some("Valid"), "XDKS.1"),
+            fingerprint(&products[..1], Some("Valid"), ""),
+        ] {
+            assert_ne!(other, query);
+            assert_eq!(decode_page_token(&token, other), Err(()));
+        }
+        assert_eq!(decode_page_token("not base64!", query), Err(()));
+        assert_eq!(decode_page_token(&URL_SAFE_NO_PAD.encode(store), query), Err(()));
+        assert_eq!(decode_page_token(&URL_SAFE_NO_PAD.encode([0xff, 0xfe]), query), Err(()));
     }
 }
