@@ -220,6 +220,54 @@ async fn spans_follow_the_rpc_and_http_conventions_and_continue_the_callers_trac
         &format!("00-{TRACE_ID}-{}-01", hex(&token.span_id))
     );
 
+    // Every operation of the table, with no code of its own for tracing: a server span named
+    // after the RPC, and a client span per attempt under it whose context is what its Store
+    // received.
+    collector.0.lock().unwrap().clear();
+    for op in OPERATIONS {
+        op.store(&h).reset().await;
+        op.mount(&h, op.ok()).await;
+        (op.call)(h.facade.channel.clone(), None, 7)
+            .await
+            .unwrap_or_else(|status| panic!("{op:?}: {status:?}"));
+        let flushed = provider.clone();
+        tokio::task::spawn_blocking(move || flushed.force_flush())
+            .await
+            .unwrap()
+            .expect("spans flush to the collector");
+        let spans = std::mem::take(&mut *collector.0.lock().unwrap());
+        let server: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Server as i32)
+            .collect();
+        assert_eq!(server.len(), 1, "{op:?}: {spans:#?}");
+        let server = server[0];
+        assert_eq!(server.name, op.full_name());
+        assert_eq!(attr(server, "rpc.service").as_deref(), Some(op.service));
+        assert_eq!(attr(server, "rpc.method").as_deref(), Some(op.method));
+        assert_eq!(attr(server, "rpc.grpc.status_code").as_deref(), Some("0"));
+        let attempt = spans
+            .iter()
+            .find(|s| {
+                s.kind == SpanKind::Client as i32
+                    && s.parent_span_id == server.span_id
+                    && attr(s, "http.request.method").as_deref() == Some(op.http_method)
+                    && attr(s, "url.template").is_some_and(|t| !t.contains("oauth2"))
+            })
+            .unwrap_or_else(|| panic!("{op:?}: no client span for the Store: {spans:#?}"));
+        assert_eq!(
+            attr(attempt, "http.response.status_code").as_deref(),
+            Some("200")
+        );
+        let received = op.store(&h).received_requests().await.unwrap();
+        let last = received.last().expect("the Store was called");
+        assert_eq!(
+            last.headers.get("traceparent").unwrap(),
+            &format!("00-{}-{}-01", hex(&attempt.trace_id), hex(&attempt.span_id)),
+            "{op:?}"
+        );
+    }
+
     tokio::task::spawn_blocking(move || provider.shutdown())
         .await
         .unwrap()
