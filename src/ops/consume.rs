@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store_user::{user_fields, Beneficiary, StoreUser};
+use super::store_user::{user_fields, Beneficiary, StoreUser, SBX_FIELD, USER_KEY_FIELD};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{Credential, StoreOperation, Token};
 use crate::auth::is_guid;
@@ -88,9 +88,9 @@ impl StoreOperation for ConsumeProduct {
             ("productId", "product_id"),
             ("trackingId", "tracking_id"),
             ("removeQuantity", "remove_quantity"),
-            ("beneficiary", "user_key"),
+            ("beneficiary", USER_KEY_FIELD),
             ("includeOrderIds", "include_order_ids"),
-            ("sbx", "sandbox_id"),
+            SBX_FIELD,
         ],
         overrides: &[],
         retry_lost_answers: true,

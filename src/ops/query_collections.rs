@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::store_user::{user_fields, Beneficiary, StoreUser};
+use super::store_user::{user_fields, Beneficiary, StoreUser, SBX_FIELD, USER_KEY_FIELD};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperation, Token};
 use crate::auth::KeyClaims;
@@ -161,11 +161,11 @@ impl StoreOperation for QueryCollections {
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
         fields: &[
             ("productSkuIds", "products"),
-            ("beneficiaries", "user_key"),
+            ("beneficiaries", USER_KEY_FIELD),
             ("continuationToken", "page_token"),
             ("maxPageSize", "page_size"),
             ("validityType", "validity"),
-            ("sbx", "sandbox_id"),
+            SBX_FIELD,
         ],
         overrides: &[],
         retry_lost_answers: true,

@@ -14,6 +14,9 @@ use crate::upstream::{Host, UpstreamRequest};
 /// The proto field that carries the user's key in every such request.
 pub const USER_KEY_FIELD: &str = "user_key";
 
+/// How a Store 400 naming the sandbox maps to the proto field (every user call sends `sbx`).
+pub const SBX_FIELD: (&str, &str) = ("sbx", "sandbox_id");
+
 /// A validated user, sandbox and tenant. No `Debug`: it holds the user's key.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct StoreUser {
