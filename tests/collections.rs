@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const QUERY_PATH: &str = "/v9.0/collections/publisherQuery";
@@ -178,7 +178,8 @@ async fn query_sends_the_documented_request() {
                 page_size: 37,
                 ..query(&key)
             },
-            json!({"maxPageSize": 37}),
+            // ALL is sent explicitly; only UNSPECIFIED leaves the Store's default.
+            json!({"validityType": "All", "maxPageSize": 37}),
         ),
         (
             pb::QueryCollectionsRequest {
@@ -262,7 +263,8 @@ async fn next_page_token_is_opaque_and_sends_the_stores_token_back() {
     assert!(!first.next_page_token.is_empty());
     assert_ne!(first.next_page_token, store_token);
     assert!(!first.next_page_token.contains("checkSatisfactionIndex"));
-    assert!(first.complete);
+    // One page with a next one is not the whole collection.
+    assert!(!first.complete);
     assert_eq!(first.pages, 1);
     assert_eq!(first.items.len(), 1);
 
@@ -312,8 +314,6 @@ async fn a_page_token_the_facade_never_gave_is_refused_before_any_call() {
 }
 
 #[tokio::test]
-#[ignore = "facade gap: any base64url text is accepted as a page_token and sent to the Store \
-            as continuationToken; tokens are not bound to the facade or to their query"]
 async fn a_forged_page_token_is_refused_before_any_call() {
     let h = Harness::start().await;
     mount_post(
@@ -1269,4 +1269,189 @@ async fn a_consume_whose_answer_was_lost_is_retried_with_the_identical_body() {
     assert_eq!(bodies[0], bodies[1]);
     let body: Value = serde_json::from_slice(&bodies[0]).unwrap();
     assert_eq!(body["trackingId"], TRACKING_ID);
+}
+
+#[tokio::test]
+async fn all_pages_keeps_the_pages_gathered_when_a_later_page_is_throttled() {
+    let h = Harness::start().await;
+    // Page 2 is throttled for longer than any retry may wait: the facade does not retry it.
+    Mock::given(method("POST"))
+        .and(path(QUERY_PATH))
+        .and(body_partial_json(json!({ "continuationToken": TOKEN_2 })))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "120")
+                .set_body_string("The rate limit of 200 operations in 300 seconds has been exceeded for aspect {userId; publisherId}."),
+        )
+        .with_priority(1)
+        .mount(&h.collections)
+        .await;
+    mount_three_pages(&h).await;
+    let key = user_key();
+    let all = pb::QueryCollectionsRequest {
+        all_pages: true,
+        ..query(&key)
+    };
+    let answer = client(&h.facade.channel)
+        .query_collections(all.clone())
+        .await
+        .expect("the pages gathered come back")
+        .into_inner();
+    assert_eq!(
+        ids(&answer.items),
+        ["a-sub", "b-revoked", "c-promo", "d-only"]
+    );
+    assert_eq!(answer.pages, 1);
+    assert!(!answer.complete);
+    assert!(!answer.next_page_token.is_empty());
+
+    // Once the Store has room again, the token goes on from the page that was not had.
+    h.collections.reset().await;
+    mount_three_pages(&h).await;
+    let rest = client(&h.facade.channel)
+        .query_collections(pb::QueryCollectionsRequest {
+            page_token: answer.next_page_token,
+            ..all
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.pages, 2);
+    assert!(rest.complete);
+    let sent = requests_to(&h.collections, QUERY_PATH).await;
+    assert_eq!(body_json(&sent[0])["continuationToken"], TOKEN_2);
+}
+
+#[tokio::test]
+async fn all_pages_fails_when_a_later_page_is_refused_for_another_reason() {
+    let h = Harness::start().await;
+    Mock::given(method("POST"))
+        .and(path(QUERY_PATH))
+        .and(body_partial_json(json!({ "continuationToken": TOKEN_2 })))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": "BadRequest",
+            "message": "continuationToken is not valid",
+            "innererror": {"code": "InvalidParameter", "data": ["continuationToken"]}
+        })))
+        .with_priority(1)
+        .mount(&h.collections)
+        .await;
+    mount_three_pages(&h).await;
+    let status = client(&h.facade.channel)
+        .query_collections(pb::QueryCollectionsRequest {
+            all_pages: true,
+            ..query(&user_key())
+        })
+        .await
+        .expect_err("a refusal that retrying cannot fix");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// Answers pages whose continuation tokens lead in a circle: none -> A -> B -> A.
+struct Circle;
+
+impl Respond for Circle {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let next = match body.get("continuationToken").and_then(Value::as_str) {
+            None | Some("B") => "A",
+            Some(_) => "B",
+        };
+        ResponseTemplate::new(200).set_body_json(json!({
+            "items": [item(&format!("after-{next}"), "A", "0010", "Single", "Active")],
+            "continuationToken": next,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn continuation_tokens_that_lead_back_are_a_malformed_answer_not_an_endless_walk() {
+    let h = Harness::start().await;
+    Mock::given(method("POST"))
+        .and(path(QUERY_PATH))
+        .respond_with(Circle)
+        .mount(&h.collections)
+        .await;
+    let key = user_key();
+    let status = client(&h.facade.channel)
+        .query_collections(pb::QueryCollectionsRequest {
+            all_pages: true,
+            ..query(&key)
+        })
+        .await
+        .expect_err("a circle of pages");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(error_info(&status).reason, "UPSTREAM_MALFORMED_RESPONSE");
+    // none, A, B, then A again is refused: three requests.
+    assert_eq!(requests_to(&h.collections, QUERY_PATH).await.len(), 3);
+
+    // One page at a time: a page answering the very token it was asked with is refused too.
+    h.collections.reset().await;
+    Mock::given(method("POST"))
+        .and(path(QUERY_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [], "continuationToken": "same"
+        })))
+        .mount(&h.collections)
+        .await;
+    let first = client(&h.facade.channel)
+        .query_collections(query(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = client(&h.facade.channel)
+        .query_collections(pb::QueryCollectionsRequest {
+            page_token: first.next_page_token,
+            ..query(&key)
+        })
+        .await
+        .expect_err("the same token again");
+    assert_eq!(error_info(&status).reason, "UPSTREAM_MALFORMED_RESPONSE");
+}
+
+#[tokio::test]
+async fn a_page_token_only_continues_the_query_that_gave_it() {
+    let h = Harness::start().await;
+    mount_three_pages(&h).await;
+    let key = user_key();
+    let first = client(&h.facade.channel)
+        .query_collections(query(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let others = [
+        pb::QueryCollectionsRequest {
+            products: vec![product("9NOTHER00000", "")],
+            ..query(&key)
+        },
+        pb::QueryCollectionsRequest {
+            validity: pb::Validity::Valid as i32,
+            ..query(&key)
+        },
+        pb::QueryCollectionsRequest {
+            sandbox_id: "XDKS.1".into(),
+            ..query(&key)
+        },
+    ];
+    for other in others {
+        let status = client(&h.facade.channel)
+            .query_collections(pb::QueryCollectionsRequest {
+                page_token: first.next_page_token.clone(),
+                ..other
+            })
+            .await
+            .expect_err("another query");
+        assert_invalid("other query", &status, "INVALID_REQUEST", &["page_token"]);
+    }
+    // The page size may change between pages.
+    client(&h.facade.channel)
+        .query_collections(pb::QueryCollectionsRequest {
+            page_token: first.next_page_token,
+            page_size: 7,
+            ..query(&key)
+        })
+        .await
+        .expect("the same query with another page size");
+    assert_eq!(requests_to(&h.collections, QUERY_PATH).await.len(), 2);
 }

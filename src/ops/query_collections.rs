@@ -28,7 +28,7 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 /// Items per page when the caller names no size (the Store's default).
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Time kept back from the caller's deadline when following pages, to answer in.
-const ANSWER_MARGIN: Duration = Duration::from_millis(25);
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 /// Most pages one `all_pages` call follows: 100 products owned in every way the Store knows
 /// fit in far fewer pages, so more means a Store that never ends its walk.
 pub const MAX_PAGES: usize = 100;
