@@ -27,6 +27,13 @@ fn is_ready(dir: &Path, stamp: &str) -> bool {
 /// Makes sure `final_dir` holds what `build` makes from `stamp` (the pins): reused when its
 /// marker matches, else built in a staging dir and moved in.
 pub fn install(final_dir: &Path, stamp: &str, build: impl FnOnce(&Path)) {
+    /// Tests of one binary run in threads of one process: one builds, the others wait for it
+    /// and reuse its tool (racing processes still each build in their own staging dir).
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if is_ready(final_dir, stamp) {
+        return;
+    }
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if is_ready(final_dir, stamp) {
         return;
     }
