@@ -264,6 +264,24 @@ async fn token_endpoint_failures_map_to_the_token_rows_and_never_show_the_secret
             );
         }
     }
+    // And GetKeyCreationTokens, which calls nothing but the token endpoint.
+    let facade = Facade::start(sandbox_settings(&emulator)).await;
+    for (tenant, code, reason, entra_code) in cases {
+        let status = StoreKeysClient::new(facade.channel.clone())
+            .get_key_creation_tokens(pb::GetKeyCreationTokensRequest {
+                tenant_id: tenant.to_owned(),
+            })
+            .await
+            .expect_err("the token endpoint refuses");
+        assert_eq!(status.code(), code, "{tenant}: {status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, reason, "{tenant}");
+        assert_eq!(
+            info.metadata.get("entra_error_code").map(String::as_str),
+            entra_code,
+            "{tenant}"
+        );
+    }
 
     // Through every operation, each on a facade of its own (nothing remembered between them).
     let wrong = "wrong-sandbox-secret-never-shown";
