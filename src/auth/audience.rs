@@ -16,6 +16,33 @@ pub enum Audience {
     PurchaseKeyCreation,
 }
 
+/// Each audience's URI, written once: `as_str` is it, `scope` is it and `/.default`.
+macro_rules! uris {
+    ($($variant:ident => $uri:literal,)*) => {
+        impl Audience {
+            /// The audience (resource) URI: the `aud` claim of its tokens.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $uri,)*
+                }
+            }
+
+            /// The client-credentials scope that asks for it: the audience and `/.default`.
+            pub const fn scope(self) -> &'static str {
+                match self {
+                    $(Self::$variant => concat!($uri, "/.default"),)*
+                }
+            }
+        }
+    };
+}
+
+uris! {
+    Service => "https://onestore.microsoft.com",
+    CollectionsKeyCreation => "https://onestore.microsoft.com/b2b/keys/create/collections",
+    PurchaseKeyCreation => "https://onestore.microsoft.com/b2b/keys/create/purchase",
+}
+
 impl Audience {
     /// Every audience.
     pub const ALL: [Self; 3] = [
@@ -23,30 +50,6 @@ impl Audience {
         Self::CollectionsKeyCreation,
         Self::PurchaseKeyCreation,
     ];
-
-    /// The audience (resource) URI: the `aud` claim of its tokens.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Service => "https://onestore.microsoft.com",
-            Self::CollectionsKeyCreation => {
-                "https://onestore.microsoft.com/b2b/keys/create/collections"
-            }
-            Self::PurchaseKeyCreation => "https://onestore.microsoft.com/b2b/keys/create/purchase",
-        }
-    }
-
-    /// The client-credentials scope that asks for it: the audience and `/.default`.
-    pub const fn scope(self) -> &'static str {
-        match self {
-            Self::Service => "https://onestore.microsoft.com/.default",
-            Self::CollectionsKeyCreation => {
-                "https://onestore.microsoft.com/b2b/keys/create/collections/.default"
-            }
-            Self::PurchaseKeyCreation => {
-                "https://onestore.microsoft.com/b2b/keys/create/purchase/.default"
-            }
-        }
-    }
 
     /// The audience `scope` asks for, if it is one of the three.
     pub fn from_scope(scope: &str) -> Option<Self> {

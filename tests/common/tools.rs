@@ -33,7 +33,9 @@ pub fn install(final_dir: &Path, stamp: &str, build: impl FnOnce(&Path)) {
     if is_ready(final_dir, stamp) {
         return;
     }
-    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if is_ready(final_dir, stamp) {
         return;
     }
