@@ -14,13 +14,10 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
-use msstore_facade::auth::{AllowedTenants, CredentialSource, Credentials, TenantId};
 use msstore_facade::proto::msstore::v1 as pb;
-use msstore_facade::Settings;
 use pb::store_collections_client::StoreCollectionsClient;
-use secrecy::SecretString;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -1184,8 +1181,8 @@ async fn serve(
     answer: Arc<str>,
 ) {
     let mut buf = Vec::new();
-    while let Some(body) = read_request(&mut stream, &mut buf).await {
-        bodies.lock().unwrap().push(body);
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        bodies.lock().unwrap().push(request.body);
         if seen.fetch_add(1, Ordering::SeqCst) == 0 {
             // The request went out in full; its answer is lost.
             return;
@@ -1200,60 +1197,10 @@ async fn serve(
     }
 }
 
-/// Reads one request (head, then `Content-Length` bytes of body) and returns its body, or
-/// `None` when the connection ends first.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let body_len = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + body_len {
-                let body = buf[end + 4..end + 4 + body_len].to_vec();
-                buf.drain(..end + 4 + body_len);
-                return Some(body);
-            }
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// A facade whose Store hosts are all `store_base`, with a token endpoint of its own.
-async fn facade_at(store_base: &str) -> (MockServer, Facade) {
-    let token = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(wiremock::matchers::path_regex(
-            r"^/[^/]+/oauth2/v2\.0/token$",
-        ))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "token_type": "Bearer",
-            "expires_in": 3599,
-            "access_token": format!("{TOKEN_PREFIX}-1"),
-        })))
-        .mount(&token)
-        .await;
-    let mut settings = Settings::for_upstream(store_base).expect("valid base URL");
-    settings.authority_host = token.uri().parse().unwrap();
-    settings.credentials = Some(Credentials {
-        tenant_id: TenantId::parse(TENANT).unwrap(),
-        client_id: CLIENT_ID.to_owned(),
-        source: CredentialSource::ClientSecret(SecretString::from(CLIENT_SECRET)),
-    });
-    settings.allowed_tenants = AllowedTenants::Any;
-    (token, Facade::start(settings).await)
-}
-
 #[tokio::test]
 async fn a_consume_whose_answer_was_lost_is_retried_with_the_identical_body() {
     let upstream = LosesFirstAnswer::start(consume_ok()).await;
-    let (_token, facade) = facade_at(&format!("http://{}", upstream.addr)).await;
+    let (_token, facade) = facade_at(&format!("http://{}", upstream.addr), |_| {}).await;
     let key = user_key();
     let mut request = tonic::Request::new(consume(&key));
     request.set_timeout(Duration::from_secs(10));

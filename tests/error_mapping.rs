@@ -1066,9 +1066,9 @@ mod end_to_end {
     use msstore_facade::auth::{CredentialSource, Credentials, TenantId};
     use msstore_facade::Settings;
     use secrecy::SecretString;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use wiremock::matchers::{method, path_regex};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
@@ -1115,38 +1115,6 @@ mod end_to_end {
         }
     }
 
-    /// A token endpoint that hands out tokens.
-    async fn token_server() -> MockServer {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "token_type": "Bearer",
-                "expires_in": 3599,
-                "access_token": format!("{TOKEN_PREFIX}-1"),
-            })))
-            .mount(&server)
-            .await;
-        server
-    }
-
-    /// `http://127.0.0.1:<port>` where nothing listens (a port just bound and released).
-    fn closed_port_url() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        format!("http://{addr}")
-    }
-
-    /// A facade whose three Store hosts are `store_base`, with a working token endpoint.
-    async fn facade_with_store_at(store_base: &str) -> (MockServer, Facade) {
-        let token = token_server().await;
-        let mut settings = Settings::for_upstream(store_base).expect("valid base URL");
-        settings.authority_host = token.uri().parse().unwrap();
-        settings.credentials = Some(secret_credentials());
-        (token, Facade::start(settings).await)
-    }
-
     /// How a raw upstream breaks the exchange, after reading the whole request.
     #[derive(Debug, Clone, Copy)]
     enum Breakage {
@@ -1175,7 +1143,7 @@ mod end_to_end {
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    read_request(&mut stream).await;
+                    read_request(&mut stream, &mut Vec::new()).await;
                     match breakage {
                         Breakage::ResetBeforeAnswer => {
                             let _ = stream.set_zero_linger();
@@ -1204,29 +1172,6 @@ mod end_to_end {
             }
         });
         addr
-    }
-
-    /// Reads one HTTP/1.1 request: the head, then `Content-Length` bytes of body.
-    async fn read_request(stream: &mut TcpStream) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let body_len = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + body_len {
-                    return;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1452,7 +1397,7 @@ mod end_to_end {
 
     #[tokio::test]
     async fn connection_refused_maps_to_unavailable_with_retry_info() {
-        let (_token, facade) = facade_with_store_at(&closed_port_url()).await;
+        let (_token, facade) = facade_at(&closed_port_url(), |_| {}).await;
         for op in OPERATIONS {
             let case = format!("{op:?} connection refused");
             let status = op.fail(&facade.channel).await;
@@ -1479,7 +1424,7 @@ mod end_to_end {
         ];
         for breakage in breakages {
             let addr = broken_upstream(breakage).await;
-            let (_token, facade) = facade_with_store_at(&format!("http://{addr}")).await;
+            let (_token, facade) = facade_at(&format!("http://{addr}"), |_| {}).await;
             for op in OPERATIONS {
                 let case = format!("{op:?} {breakage:?}");
                 let status = op.fail(&facade.channel).await;
@@ -1869,7 +1814,7 @@ mod end_to_end {
         }
 
         let addr = broken_upstream(Breakage::CutMidErrorBody).await;
-        let (_token, facade) = facade_with_store_at(&format!("http://{addr}")).await;
+        let (_token, facade) = facade_at(&format!("http://{addr}"), |_| {}).await;
         for op in OPERATIONS {
             let case = format!("{op:?} 429 with its body cut off");
             let status = op.fail(&facade.channel).await;

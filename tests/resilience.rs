@@ -20,15 +20,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use msstore_facade::auth::TenantId;
-use msstore_facade::auth::{CredentialSource, Credentials};
 use msstore_facade::proto::msstore::v1 as pb;
 use msstore_facade::resilience::ResilienceConfig;
 use msstore_facade::upstream::Host;
-use msstore_facade::Settings;
 use pb::store_keys_client::StoreKeysClient;
-use secrecy::SecretString;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -39,7 +35,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
-use wiremock::matchers::{method, path, path_regex};
+use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// How long a test waits for something that takes milliseconds when all is well.
@@ -145,52 +141,6 @@ fn assert_consecutive_ms_cv(requests: &[wiremock::Request]) {
 
 // ---------------------------------------------------------------------------------------------
 // A facade built by hand, for upstreams that are not wiremock.
-
-/// The token endpoint hands out a new token per request, for any tenant.
-async fn token_server() -> MockServer {
-    let server = MockServer::start().await;
-    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
-        .respond_with(move |_: &wiremock::Request| {
-            let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            ResponseTemplate::new(200).set_body_json(json!({
-                "token_type": "Bearer",
-                "expires_in": 3599,
-                "access_token": format!("{TOKEN_PREFIX}-{n}"),
-            }))
-        })
-        .mount(&server)
-        .await;
-    server
-}
-
-/// A facade whose three Store hosts are `store_base`, with client-secret credentials, a token
-/// endpoint serving any tenant, any tenant allowed, and resilience settings changed by `tweak`.
-async fn facade_at(
-    store_base: &str,
-    tweak: impl FnOnce(&mut ResilienceConfig),
-) -> (MockServer, Facade) {
-    let token = token_server().await;
-    let mut settings = Settings::for_upstream(store_base).expect("valid base URL");
-    settings.authority_host = token.uri().parse().unwrap();
-    settings.credentials = Some(Credentials {
-        tenant_id: TenantId::parse(TENANT).unwrap(),
-        client_id: CLIENT_ID.to_owned(),
-        source: CredentialSource::ClientSecret(SecretString::from(CLIENT_SECRET)),
-    });
-    settings.allowed_tenants = msstore_facade::auth::AllowedTenants::Any;
-    tweak(&mut settings.resilience);
-    (token, Facade::start(settings).await)
-}
-
-/// `http://127.0.0.1:<port>` where nothing listens (a port just bound and released).
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
 
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 upstream.
@@ -303,8 +253,8 @@ async fn serve_connection(
     mut held: watch::Receiver<bool>,
 ) {
     let mut buf = Vec::new();
-    while let Some(head) = read_request(&mut stream, &mut buf).await {
-        heads.lock().unwrap().push(head);
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        heads.lock().unwrap().push(request.head);
         let _ = received.send(());
         match behaviour {
             Behaviour::NeverAnswer => {
@@ -334,38 +284,6 @@ async fn serve_connection(
             }
         }
     }
-}
-
-/// Reads one request (head, then `Content-Length` bytes of body) and returns its head, or
-/// `None` when the connection ends first. What follows the request stays in `buf`.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let body_len = header(&head, "content-length")
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + body_len {
-                buf.drain(..end + 4 + body_len);
-                return Some(head);
-            }
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// The value of header `name` in a request head.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim()
-            .eq_ignore_ascii_case(name)
-            .then_some(value.trim())
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

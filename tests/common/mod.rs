@@ -11,6 +11,7 @@ pub mod logs;
 pub mod metrics;
 pub mod operations;
 pub mod process;
+pub mod raw;
 pub mod status;
 pub mod tools;
 
@@ -21,6 +22,7 @@ pub use logs::*;
 pub use metrics::*;
 pub use operations::*;
 pub use process::*;
+pub use raw::*;
 pub use status::*;
 
 /// The tenant the facade is configured for.
