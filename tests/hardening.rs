@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -105,17 +103,9 @@ async fn answers_a_caller_can_provoke_never_open_the_circuit_but_host_failures_d
 /// The token endpoint answers every request with a new token whose `expires_in` is
 /// `expires_in`, as given (a JSON number or string, however absurd).
 async fn mount_token_expiring(h: &Harness, expires_in: Value) {
-    let issued = Arc::new(AtomicU64::new(0));
     Mock::given(method("POST"))
         .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
-        .respond_with(move |_: &wiremock::Request| {
-            let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
-            ResponseTemplate::new(200).set_body_json(json!({
-                "token_type": "Bearer",
-                "expires_in": expires_in,
-                "access_token": format!("{TOKEN_PREFIX}-{n}"),
-            }))
-        })
+        .respond_with(issued_tokens(expires_in))
         .mount(&h.token)
         .await;
 }

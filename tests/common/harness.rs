@@ -270,17 +270,9 @@ impl Harness {
     /// The token endpoint answers every request with a new token living `expires_in` seconds
     /// (`<TOKEN_PREFIX>-1`, `-2`, ... in request order).
     pub async fn mount_token(&self, expires_in: u64) {
-        let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         Mock::given(method("POST"))
             .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
-            .respond_with(move |_: &Request| {
-                let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                ResponseTemplate::new(200).set_body_json(json!({
-                    "token_type": "Bearer",
-                    "expires_in": expires_in,
-                    "access_token": format!("{TOKEN_PREFIX}-{n}"),
-                }))
-            })
+            .respond_with(super::raw::issued_tokens(json!(expires_in)))
             .mount(&self.token)
             .await;
     }

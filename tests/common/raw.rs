@@ -60,20 +60,26 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// A token endpoint for any tenant, handing out `<TOKEN_PREFIX>-1`, `-2`, ... in order.
+/// A token endpoint's answers: a new token per request, `<TOKEN_PREFIX>-1`, `-2`, ... in
+/// order, each claiming to live `expires_in` (a JSON number or string, however absurd).
+pub fn issued_tokens(expires_in: serde_json::Value) -> impl wiremock::Respond {
+    let issued = Arc::new(AtomicU64::new(0));
+    move |_: &wiremock::Request| {
+        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+        ResponseTemplate::new(200).set_body_json(json!({
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "access_token": format!("{TOKEN_PREFIX}-{n}"),
+        }))
+    }
+}
+
+/// A token endpoint for any tenant, handing out tokens that live 3599 s ([`issued_tokens`]).
 pub async fn token_server() -> MockServer {
     let server = MockServer::start().await;
-    let issued = Arc::new(AtomicU64::new(0));
     Mock::given(method("POST"))
         .and(path_regex(r"^/[^/]+/oauth2/v2\.0/token$"))
-        .respond_with(move |_: &wiremock::Request| {
-            let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
-            ResponseTemplate::new(200).set_body_json(json!({
-                "token_type": "Bearer",
-                "expires_in": 3599,
-                "access_token": format!("{TOKEN_PREFIX}-{n}"),
-            }))
-        })
+        .respond_with(issued_tokens(json!(3599)))
         .mount(&server)
         .await;
     server
