@@ -32,12 +32,25 @@ pub struct ErrorMapping {
     pub fields: &'static [(&'static str, &'static str)],
     /// (HTTP status, gRPC code) pairs that replace the common table's code.
     pub overrides: &'static [(u16, Code)],
-    /// Whether an attempt whose answer was lost (the connection dropped or the attempt timed
-    /// out after the request was sent, so the Store may have processed it) is retried: for
-    /// reads (QueryCollections) and for writes the Store makes idempotent (ConsumeProduct, by
-    /// its tracking id). Connect errors, 408, 429 with `Retry-After`, 502, 503 and 504 are
-    /// retried either way: an operation that is not idempotent needs a narrower rule.
-    pub retry_lost_answers: bool,
+    /// Which failed attempts are made again (within the deadline and the host's retry budget).
+    pub retries: Retries,
+}
+
+/// Which failed attempts of an operation are made again: what the operation can bear being
+/// sent twice (contract, sections 5 and 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// Connect errors, 408, 429 with `Retry-After`, 502, 503 and 504: the Store most likely
+    /// did not act, or acting twice does no harm (GetOfflineLicense, RenewKey).
+    Transient,
+    /// [`Retries::Transient`], and an attempt whose answer was lost (the connection dropped
+    /// or the attempt timed out after the request was sent): for reads, and for writes the
+    /// Store makes idempotent (ConsumeProduct by its tracking id).
+    TransientAndLostAnswers,
+    /// Only where the request certainly was not processed: connect errors, 429 with
+    /// `Retry-After` and 503. Never after 408, 502, 504 or a lost answer: for writes that are
+    /// not idempotent.
+    NotProcessed,
 }
 
 impl ErrorMapping {
@@ -172,10 +185,15 @@ impl Retryable for ApiError {
     /// Whether the upstream failure behind this error may be retried, and when.
     fn retry_advice(&self) -> Option<RetryAdvice> {
         match self {
-            Self::Upstream { mapping, error } => error.retry_advice().or_else(|| {
-                (mapping.retry_lost_answers && error.answer_lost())
-                    .then_some(RetryAdvice { after: None })
-            }),
+            Self::Upstream { mapping, error } => match mapping.retries {
+                Retries::Transient => error.retry_advice(),
+                Retries::TransientAndLostAnswers => error
+                    .retry_advice()
+                    .or_else(|| error.answer_lost().then_some(RetryAdvice { after: None })),
+                Retries::NotProcessed => error
+                    .retry_advice()
+                    .filter(|_| error.certainly_not_processed()),
+            },
             _ => None,
         }
     }
@@ -535,12 +553,12 @@ mod tests {
         const COMMON: ErrorMapping = ErrorMapping {
             fields: &[],
             overrides: &[],
-            retry_lost_answers: false,
+            retries: Retries::Transient,
         };
         const RENEW: ErrorMapping = ErrorMapping {
             fields: &[],
             overrides: &[(409, Code::Aborted)],
-            retry_lost_answers: false,
+            retries: Retries::Transient,
         };
         for mapping in [&COMMON, &RENEW] {
             assert_eq!(mapping.code_for(502), Code::Unavailable);
@@ -550,5 +568,64 @@ mod tests {
         }
         assert_eq!(COMMON.code_for(409), Code::FailedPrecondition);
         assert_eq!(RENEW.code_for(409), Code::Aborted);
+    }
+
+    #[test]
+    fn what_is_retried_follows_what_the_operation_can_bear() {
+        use crate::upstream::{ErrorBody, StatusFailure, TransportFailure, UpstreamIds};
+        let host: Arc<str> = "store".into();
+        let status = |code: u16| {
+            UpstreamError::Status(Box::new(StatusFailure {
+                host: host.clone(),
+                http_status: http::StatusCode::from_u16(code).unwrap(),
+                ids: UpstreamIds::default(),
+                retry_after: Some(Duration::from_secs(1)),
+                body: ErrorBody::parse(b""),
+            }))
+        };
+        let transport = |kind| UpstreamError::Transport {
+            host: host.clone(),
+            kind,
+        };
+        let failures = [
+            ("connect", transport(TransportFailure::Connect)),
+            ("lost", transport(TransportFailure::ConnectionLost)),
+            ("timeout", transport(TransportFailure::Timeout)),
+            ("408", status(408)),
+            ("429", status(429)),
+            ("500", status(500)),
+            ("502", status(502)),
+            ("503", status(503)),
+            ("504", status(504)),
+        ];
+        for (retries, expected) in [
+            (
+                Retries::Transient,
+                &["connect", "408", "429", "502", "503", "504"][..],
+            ),
+            (
+                Retries::TransientAndLostAnswers,
+                &[
+                    "connect", "lost", "timeout", "408", "429", "502", "503", "504",
+                ],
+            ),
+            (Retries::NotProcessed, &["connect", "429", "503"]),
+        ] {
+            let mapping: &'static ErrorMapping = Box::leak(Box::new(ErrorMapping {
+                fields: &[],
+                overrides: &[],
+                retries,
+            }));
+            let retried: Vec<&str> = failures
+                .iter()
+                .filter(|(_, failure)| {
+                    ApiError::upstream(mapping, failure.clone())
+                        .retry_advice()
+                        .is_some()
+                })
+                .map(|(name, _)| *name)
+                .collect();
+            assert_eq!(retried, expected, "{retries:?}");
+        }
     }
 }

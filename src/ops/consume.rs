@@ -13,7 +13,7 @@ use super::store_user::{user_fields, Beneficiary, StoreUser, SBX_FIELD, USER_KEY
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{Credential, StoreOperation, Token};
 use crate::auth::is_guid;
-use crate::error::{ApiError, ErrorMapping};
+use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
 use crate::upstream::{Host, UpstreamRequest};
@@ -93,7 +93,7 @@ impl StoreOperation for ConsumeProduct {
             SBX_FIELD,
         ],
         overrides: &[],
-        retry_lost_answers: true,
+        retries: Retries::TransientAndLostAnswers,
     };
     const EXPECTED: &'static str = "a consume answer with a trackingId";
 

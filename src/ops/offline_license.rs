@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::api::validation::{self as checks, Checks, Tenants};
 use crate::api::{Credential, StoreOperation, Token};
 use crate::auth::TenantId;
-use crate::error::{ApiError, ErrorMapping};
+use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
 use crate::upstream::{segment, Host, UpstreamRequest};
@@ -69,7 +69,7 @@ impl StoreOperation for GetOfflineLicense {
             ("contentId", "content_id"),
         ],
         overrides: &[],
-        retry_lost_answers: false,
+        retries: Retries::Transient,
     };
     const EXPECTED: &'static str = "an OfflineLicense with a licenseBlob";
     const COALESCE: bool = true;

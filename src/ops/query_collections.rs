@@ -16,7 +16,7 @@ use super::store_user::{user_fields, Beneficiary, StoreUser, SBX_FIELD, USER_KEY
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperation, Token};
 use crate::auth::KeyClaims;
-use crate::error::{ApiError, ErrorMapping};
+use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
 use crate::upstream::{Answer, Host, UpstreamError, UpstreamRequest};
@@ -168,7 +168,7 @@ impl StoreOperation for QueryCollections {
             SBX_FIELD,
         ],
         overrides: &[],
-        retry_lost_answers: true,
+        retries: Retries::TransientAndLostAnswers,
     };
     const EXPECTED: &'static str = "a JSON object with an items array";
 

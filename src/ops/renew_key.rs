@@ -9,7 +9,7 @@ use tonic::Code;
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{Credential, StoreOperation, Token};
 use crate::auth::{KeyClaims, KeyDecodeError};
-use crate::error::{ApiError, ErrorMapping};
+use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
 use crate::upstream::{Host, UpstreamRequest};
@@ -57,7 +57,7 @@ impl StoreOperation for RenewKey {
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
         fields: &[("serviceTicket", "service_ticket"), ("key", "key")],
         overrides: &[(409, Code::Aborted)],
-        retry_lost_answers: false,
+        retries: Retries::Transient,
     };
     const EXPECTED: &'static str = "a JSON object with a key";
 

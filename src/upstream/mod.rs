@@ -290,6 +290,20 @@ impl Retryable for UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the Store certainly did not act on the request: it was never sent (a connect
+    /// error, an open circuit), or the Store said so (429 throttled, 503 unavailable).
+    pub fn certainly_not_processed(&self) -> bool {
+        match self {
+            Self::Transport {
+                kind: TransportFailure::Connect,
+                ..
+            }
+            | Self::CircuitOpen { .. } => true,
+            Self::Status(failure) => matches!(failure.http_status.as_u16(), 429 | 503),
+            Self::Transport { .. } | Self::Malformed { .. } => false,
+        }
+    }
+
     /// Whether the request was sent but its answer never came (the connection dropped, or the
     /// attempt timed out): the Store may or may not have processed it.
     pub fn answer_lost(&self) -> bool {
