@@ -11,6 +11,7 @@
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+mod paging;
 mod store_user;
 
 pub use crate::api::Upstream;

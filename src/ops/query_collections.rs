@@ -3,23 +3,21 @@
 //! call or every page within the caller's deadline, duplicates dropped by Microsoft's
 //! documented priority (2.2).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::paging::{self, Fingerprint, Paged, Walked};
 use super::store_user::{user_fields, Beneficiary, StoreUser, SBX_FIELD, USER_KEY_FIELD};
 use crate::api::validation::{Checks, Tenants};
-use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperation, Token};
+use crate::api::{Attempts, Backends, Credential, Outcome, StoreOperation, Token};
 use crate::auth::KeyClaims;
 use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
-use crate::upstream::{Answer, Host, UpstreamError, UpstreamRequest};
+use crate::upstream::{Answer, Host, UpstreamRequest};
 
 /// Most products one query may name (more: the Store answers 400).
 pub const MAX_PRODUCTS: usize = 100;
@@ -27,11 +25,7 @@ pub const MAX_PRODUCTS: usize = 100;
 pub const MAX_PAGE_SIZE: u32 = 200;
 /// Items per page when the caller names no size (the Store's default).
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Time kept back from the caller's deadline when following pages, to answer in.
-const ANSWER_MARGIN: Duration = Duration::from_millis(50);
-/// Most pages one `all_pages` call follows: 100 products owned in every way the Store knows
-/// fit in far fewer pages, so more means a Store that never ends its walk.
-pub const MAX_PAGES: usize = 100;
+
 
 /// Queries a user's collection.
 #[derive(Debug)]
@@ -214,17 +208,7 @@ impl StoreOperation for QueryCollections {
             .map(|p| (p.product_id, (!p.sku_id.is_empty()).then_some(p.sku_id)))
             .collect();
         let fingerprint = fingerprint(&products, validity, &request.sandbox_id);
-        let continuation = match decode_page_token(&request.page_token, fingerprint) {
-            Ok(continuation) => continuation,
-            Err(()) => {
-                checks.violation(
-                    "page_token",
-                    "is not a next_page_token this facade gave for these products, validity \
-                     and sandbox; pass it back verbatim with the same query",
-                );
-                None
-            }
-        };
+        let continuation = paging::check_page_token(&mut checks, &request.page_token, fingerprint);
         checks.finish()?;
         Ok(Query {
             user: StoreUser::finish(fields, tenant, Host::Collections, tenants)?,
@@ -275,20 +259,15 @@ impl StoreOperation for QueryCollections {
     }
 
     /// One page, as the Store answered it.
-    fn respond(page: Page, query: &Query) -> pb::QueryCollectionsResponse {
-        let next_page_token = page
-            .continuation_token
-            .as_deref()
-            .filter(|token| !token.is_empty())
-            .map(|token| encode_page_token(query.fingerprint, token))
-            .unwrap_or_default();
-        pb::QueryCollectionsResponse {
-            items: page.items.into_iter().map(typed).collect(),
-            complete: next_page_token.is_empty(),
-            next_page_token,
+    fn respond(mut page: Page, query: &Query) -> pb::QueryCollectionsResponse {
+        let walked = Walked {
+            next_page_token: Self::next_token(&mut page)
+                .filter(|token| !token.is_empty())
+                .map(|token| paging::encode_page_token(query.fingerprint, &token))
+                .unwrap_or_default(),
             pages: 1,
-            duplicates_dropped: 0,
-        }
+        };
+        response(page.items.into_iter().map(typed).collect(), &walked, 0)
     }
 
     async fn fetch(
@@ -297,114 +276,58 @@ impl StoreOperation for QueryCollections {
         attempts: Arc<Attempts>,
     ) -> Outcome<Self::Response> {
         if !query.all_pages {
-            let answer = exchange::<Self>(&backends, &query, &attempts).await?;
-            let next = answer.value.continuation_token.as_deref();
-            if next.is_some() && next == query.continuation.as_deref() {
-                return Err(endless(&backends, answer));
-            }
+            let answer = paging::one_page::<Self>(&backends, &query, &attempts).await?;
+            let (page, walked) = answer.value;
             return Ok(Answer {
-                value: Self::respond(answer.value, &query),
+                value: response(page.items.into_iter().map(typed).collect(), &walked, 0),
                 ids: answer.ids,
                 http_status: answer.http_status,
             });
         }
-        all_pages(&backends, query, &attempts).await
+        let mut merged = Merged::default();
+        let walked = paging::walk::<Self>(&backends, query, &attempts, |page| {
+            merged.add(page.items);
+        })
+        .await?;
+        Ok(Answer {
+            value: response(merged.items, &walked.value, merged.dropped),
+            ids: walked.ids,
+            http_status: walked.http_status,
+        })
     }
 }
 
-/// Follows continuation tokens from `query`'s page until the last page, or until the next
-/// page cannot be had before the caller's deadline or fails the way a caller would retry
-/// (UNAVAILABLE, RESOURCE_EXHAUSTED): then what was gathered goes back with the token of the
-/// page that was not had, and `complete` false. Duplicates dropped. The ids in the answer's
-/// metadata are those of the last page.
-async fn all_pages(
-    backends: &Backends,
-    mut query: Query,
-    attempts: &Attempts,
-) -> Outcome<pb::QueryCollectionsResponse> {
-    let deadline = attempts.deadline();
-    let mut merged = Merged::default();
-    let mut sent: HashSet<String> = query.continuation.iter().cloned().collect();
-    let started = Instant::now();
-    let mut page = exchange::<QueryCollections>(backends, &query, attempts).await?;
-    let mut slowest = started.elapsed();
-    loop {
-        merged.pages += 1;
-        merged.add(std::mem::take(&mut page.value.items));
-        query.continuation = page
-            .value
-            .continuation_token
-            .take()
-            .filter(|token| !token.is_empty());
-        let Some(next) = &query.continuation else {
-            break;
-        };
-        // A Store that leads back to a page it served, or never stops, would be followed
-        // until the deadline, spending the user's rate limit.
-        if !sent.insert(next.clone()) || sent.len() > MAX_PAGES {
-            return Err(endless(backends, page));
-        }
-        let started = Instant::now();
-        let Some(left) = deadline.checked_duration_since(started + ANSWER_MARGIN) else {
-            break;
-        };
-        if left < slowest {
-            break;
-        }
-        let fetched = tokio::time::timeout(
-            left,
-            exchange::<QueryCollections>(backends, &query, attempts),
-        )
-        .await;
-        match fetched {
-            Ok(Ok(next)) => page = next,
-            Ok(Err(error)) if worth_continuing_later(&error) => {
-                tracing::debug!(error = %error, "a later page failed; answering the pages gathered");
-                break;
-            }
-            Ok(Err(error)) => return Err(error),
-            Err(_) => break,
-        }
-        slowest = slowest.max(started.elapsed());
+impl Paged for QueryCollections {
+    fn continuation(query: &Query) -> Option<&str> {
+        query.continuation.as_deref()
     }
-    let next_page_token = query
-        .continuation
-        .as_deref()
-        .map(|token| encode_page_token(query.fingerprint, token))
-        .unwrap_or_default();
-    Ok(Answer {
-        value: pb::QueryCollectionsResponse {
-            complete: next_page_token.is_empty(),
-            next_page_token,
-            pages: merged.pages,
-            duplicates_dropped: merged.dropped,
-            items: merged.items,
-        },
-        ids: page.ids,
-        http_status: page.http_status,
-    })
+
+    fn continue_from(query: &mut Query, token: Option<String>) {
+        query.continuation = token;
+    }
+
+    fn next_token(page: &mut Page) -> Option<String> {
+        page.continuation_token.take()
+    }
+
+    fn fingerprint(query: &Query) -> u64 {
+        query.fingerprint
+    }
 }
 
-/// Whether a failure of a later page is one a caller retries (the Store throttling or
-/// unavailable): the pages gathered are then worth answering, with the token to go on from.
-fn worth_continuing_later(error: &ApiError) -> bool {
-    matches!(
-        tonic::Status::from(error.clone()).code(),
-        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-    )
-}
-
-/// The Store's continuation tokens lead back to a page already served (or never end).
-fn endless(backends: &Backends, page: Answer<Page>) -> ApiError {
-    ApiError::upstream(
-        QueryCollections::ERRORS,
-        UpstreamError::Malformed {
-            host: backends.store.host(Host::Collections).name().clone(),
-            http_status: page.http_status,
-            ids: Box::new(page.ids),
-            expected: "a continuation token that leads to a page not yet served",
-        },
-    )
+/// The answer of a listing of `items` that ended as `walked`.
+fn response(
+    items: Vec<pb::CollectionItem>,
+    walked: &Walked,
+    duplicates_dropped: i32,
+) -> pb::QueryCollectionsResponse {
+    pb::QueryCollectionsResponse {
+        items,
+        complete: walked.complete(),
+        next_page_token: walked.next_page_token.clone(),
+        pages: walked.pages,
+        duplicates_dropped,
+    }
 }
 
 /// Items of several pages, one per product and SKU.
@@ -413,7 +336,6 @@ struct Merged {
     items: Vec<pb::CollectionItem>,
     /// (product id, SKU id) -> position in `items`.
     seen: HashMap<(String, String), usize>,
-    pages: i32,
     dropped: i32,
 }
 
@@ -596,50 +518,19 @@ fn number(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
-/// What a page token is bound to: the products (in any order), the validity and the sandbox,
-/// as a stable 64-bit FNV-1a hash (the same in every version and replica, so that a token
-/// survives a rolling upgrade). The page size may change between pages.
+/// What a page token is bound to: the products (in any order), the validity and the sandbox.
+/// The page size may change between pages.
 fn fingerprint(products: &[(String, Option<String>)], validity: Option<&str>, sbx: &str) -> u64 {
     let mut sorted: Vec<&(String, Option<String>)> = products.iter().collect();
     sorted.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |text: &str| {
-        for byte in text.bytes().chain([0xff]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for (product, sku) in sorted {
-        feed(product);
-        feed(sku.as_deref().unwrap_or(""));
-    }
-    feed(validity.unwrap_or(""));
-    feed(sbx);
-    hash
-}
-
-/// The caller's page token of a Store continuation token: base64url of the query's
-/// fingerprint and the Store's token, so that callers treat it as opaque, it travels safely in
-/// any client, and it cannot be used with another query.
-fn encode_page_token(fingerprint: u64, continuation: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{fingerprint:016x}.{continuation}"))
-}
-
-/// The Store continuation token inside a caller's page token of the query with `fingerprint`
-/// (`None` when empty).
-fn decode_page_token(token: &str, fingerprint: u64) -> Result<Option<String>, ()> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(drop)?;
-    let text = String::from_utf8(bytes).map_err(drop)?;
-    let (bound, continuation) = text.split_once('.').ok_or(())?;
-    if u64::from_str_radix(bound, 16) != Ok(fingerprint)
-        || continuation.is_empty()
-        || continuation.chars().any(char::is_control)
-    {
-        return Err(());
-    }
-    Ok(Some(continuation.to_owned()))
+    sorted
+        .into_iter()
+        .fold(Fingerprint::default(), |hash, (product, sku)| {
+            hash.field(product).field(sku.as_deref().unwrap_or(""))
+        })
+        .field(validity.unwrap_or(""))
+        .field(sbx)
+        .finish()
 }
 
 #[cfg(test)]
@@ -758,27 +649,18 @@ mod tests {
     }
 
     #[test]
-    fn page_tokens_round_trip_and_refuse_what_the_facade_did_not_give() {
+    fn page_tokens_are_bound_to_the_products_validity_and_sandbox() {
         let products = vec![("A".to_owned(), None), ("B".to_owned(), Some("0010".to_owned()))];
         let query = fingerprint(&products, Some("Valid"), "");
-        let store = r#"{"checkSatisfactionIndex":2}"#;
-        let token = encode_page_token(query, store);
-        assert_eq!(decode_page_token(&token, query), Ok(Some(store.to_owned())));
-        assert_eq!(decode_page_token("", query), Ok(None));
         // The same products in another order make the same query.
         let reordered: Vec<_> = products.iter().rev().cloned().collect();
         assert_eq!(fingerprint(&reordered, Some("Valid"), ""), query);
-        // Another query refuses it.
         for other in [
             fingerprint(&products, None, ""),
             fingerprint(&products, Some("Valid"), "XDKS.1"),
             fingerprint(&products[..1], Some("Valid"), ""),
         ] {
             assert_ne!(other, query);
-            assert_eq!(decode_page_token(&token, other), Err(()));
         }
-        assert_eq!(decode_page_token("not base64!", query), Err(()));
-        assert_eq!(decode_page_token(&URL_SAFE_NO_PAD.encode(store), query), Err(()));
-        assert_eq!(decode_page_token(&URL_SAFE_NO_PAD.encode([0xff, 0xfe]), query), Err(()));
     }
 }
