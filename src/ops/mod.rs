@@ -12,6 +12,8 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 mod paging;
+mod recurrences;
+mod store_json;
 mod store_user;
 
 pub use crate::api::Upstream;
@@ -110,6 +112,13 @@ registry! {
     StoreCollectionsService: store_collections_server::StoreCollectionsServer as StoreCollections {
         query_collections => query_collections::QueryCollections,
         consume_product => consume::ConsumeProduct,
+    }
+    /// `msstore.v1.StorePurchases`: free grants, subscriptions and orders.
+    StorePurchasesService: store_purchases_server::StorePurchasesServer as StorePurchases {
+        grant_free_product => grant::GrantFreeProduct,
+        query_recurrences => query_recurrences::QueryRecurrences,
+        change_recurrence => change_recurrence::ChangeRecurrence,
+        query_orders => query_orders::QueryOrders,
     }
 }
 

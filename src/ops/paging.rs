@@ -118,8 +118,39 @@ impl Walked {
     }
 }
 
+/// How a call of one page ended: the caller's token of the page after it (`next`, the
+/// Store's token; `None` or empty: none).
+pub fn page_walked<Op: Paged>(prepared: &Op::Prepared, next: Option<String>) -> Walked {
+    Walked {
+        next_page_token: next
+            .filter(|token| !token.is_empty())
+            .map(|token| encode_page_token(Op::fingerprint(prepared), &token))
+            .unwrap_or_default(),
+        pages: 1,
+    }
+}
+
+/// Serves a listing call: one page (`all_pages` false) or every page within the deadline
+/// ([`walk`]), each page handed to `absorb`.
+pub async fn list<Op: Paged>(
+    backends: &Backends,
+    prepared: Op::Prepared,
+    attempts: &Attempts,
+    all_pages: bool,
+    mut absorb: impl FnMut(Op::Answer),
+) -> Outcome<Walked> {
+    if all_pages {
+        return walk::<Op>(backends, prepared, attempts, absorb).await;
+    }
+    let answer = one_page::<Op>(backends, &prepared, attempts).await?;
+    Ok(answer.map(|(page, walked)| {
+        absorb(page);
+        walked
+    }))
+}
+
 /// One page: its answer, and the caller's token of the next page.
-pub async fn one_page<Op: Paged>(
+async fn one_page<Op: Paged>(
     backends: &Backends,
     prepared: &Op::Prepared,
     attempts: &Attempts,
@@ -130,12 +161,7 @@ pub async fn one_page<Op: Paged>(
     if next.is_some() && next.as_deref() == Op::continuation(prepared) {
         return Err(endless::<Op>(backends, prepared, page));
     }
-    let walked = Walked {
-        next_page_token: next
-            .map(|token| encode_page_token(Op::fingerprint(prepared), &token))
-            .unwrap_or_default(),
-        pages: 1,
-    };
+    let walked = page_walked::<Op>(prepared, next);
     Ok(Answer {
         value: (page.value, walked),
         ids: page.ids,

@@ -4,20 +4,19 @@
 //! documented priority (2.2).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::store_json::{lenient, timestamp};
 use super::paging::{self, Fingerprint, Paged, Walked};
 use super::store_user::{user_fields, Beneficiary, StoreUser, SBX_FIELD, USER_KEY_FIELD};
 use crate::api::validation::{Checks, Tenants};
 use crate::api::{Attempts, Backends, Credential, Outcome, StoreOperation, Token};
-use crate::auth::KeyClaims;
 use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
-use crate::upstream::{Answer, Host, UpstreamRequest};
+use crate::upstream::{Host, UpstreamRequest};
 
 /// Most products one query may name (more: the Store answers 400).
 pub const MAX_PRODUCTS: usize = 100;
@@ -131,15 +130,6 @@ struct TrialData {
     trial_time_remaining: Option<String>,
 }
 
-/// A field of the wrong JSON type (or null) reads as absent instead of failing the page.
-fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    let value = serde_json::Value::deserialize(deserializer)?;
-    Ok(serde_json::from_value(value).ok())
-}
 
 impl StoreOperation for QueryCollections {
     type Request = pb::QueryCollectionsRequest;
@@ -260,13 +250,7 @@ impl StoreOperation for QueryCollections {
 
     /// One page, as the Store answered it.
     fn respond(mut page: Page, query: &Query) -> pb::QueryCollectionsResponse {
-        let walked = Walked {
-            next_page_token: Self::next_token(&mut page)
-                .filter(|token| !token.is_empty())
-                .map(|token| paging::encode_page_token(query.fingerprint, &token))
-                .unwrap_or_default(),
-            pages: 1,
-        };
+        let walked = paging::page_walked::<Self>(query, Self::next_token(&mut page));
         response(page.items.into_iter().map(typed).collect(), &walked, 0)
     }
 
@@ -275,25 +259,13 @@ impl StoreOperation for QueryCollections {
         query: Query,
         attempts: Arc<Attempts>,
     ) -> Outcome<Self::Response> {
-        if !query.all_pages {
-            let answer = paging::one_page::<Self>(&backends, &query, &attempts).await?;
-            let (page, walked) = answer.value;
-            return Ok(Answer {
-                value: response(page.items.into_iter().map(typed).collect(), &walked, 0),
-                ids: answer.ids,
-                http_status: answer.http_status,
-            });
-        }
+        let all_pages = query.all_pages;
         let mut merged = Merged::default();
-        let walked = paging::walk::<Self>(&backends, query, &attempts, |page| {
+        let walked = paging::list::<Self>(&backends, query, &attempts, all_pages, |page| {
             merged.add(page.items);
         })
         .await?;
-        Ok(Answer {
-            value: response(merged.items, &walked.value, merged.dropped),
-            ids: walked.ids,
-            http_status: walked.http_status,
-        })
+        Ok(walked.map(|walked| response(merged.items, &walked, merged.dropped)))
     }
 }
 
@@ -452,16 +424,6 @@ fn typed(item: Item) -> pb::CollectionItem {
     typed
 }
 
-/// An ISO 8601 date and time as the Store writes it (with an offset, or without one, which
-/// is UTC as Microsoft's library reads it; up to 7 fractional digits); `None` if unreadable.
-fn timestamp(text: &str) -> Option<prost_types::Timestamp> {
-    let text = text.trim();
-    prost_types::Timestamp::from_str(text)
-        .or_else(|_| prost_types::Timestamp::from_str(&format!("{text}Z")))
-        .ok()
-        // Beyond the range of a Timestamp (years 1 to 9999), which other languages refuse.
-        .filter(|at| (KeyClaims::EARLIEST..=KeyClaims::LATEST).contains(&at.seconds))
-}
 
 /// The longest `google.protobuf.Duration`, in seconds.
 const MAX_DURATION_SECONDS: i64 = 315_576_000_000;

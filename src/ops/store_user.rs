@@ -97,7 +97,17 @@ impl StoreUser {
         token: &Token<'_>,
         body: &impl Serialize,
     ) -> Result<UpstreamRequest, ApiError> {
-        Ok(UpstreamRequest::new(route, route.template.to_owned())
+        Self::post_to(route, route.template.to_owned(), token, body)
+    }
+
+    /// [`StoreUser::post`] to `path`: `route`'s template with its segments filled in.
+    pub fn post_to(
+        route: &'static Route,
+        path: String,
+        token: &Token<'_>,
+        body: &impl Serialize,
+    ) -> Result<UpstreamRequest, ApiError> {
+        Ok(UpstreamRequest::new(route, path)
             .authorization(token.bearer()?)
             .json(body))
     }

@@ -156,6 +156,17 @@ pub struct Answer<T> {
     pub http_status: u16,
 }
 
+impl<T> Answer<T> {
+    /// The same answer (ids and status) with its value mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        Answer {
+            value: f(self.value),
+            ids: self.ids,
+            http_status: self.http_status,
+        }
+    }
+}
+
 /// How the connection to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportFailure {
