@@ -21,6 +21,7 @@ use msstore_facade::upstream::Host;
 use pb::store_collections_client::StoreCollectionsClient;
 use pb::store_entitlements_client::StoreEntitlementsClient;
 use pb::store_keys_client::StoreKeysClient;
+use pb::store_purchases_client::StorePurchasesClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -29,7 +30,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::fixtures::{license_body, license_request, now, store_key};
 use super::harness::Harness;
-use super::COLLECTIONS_AUD;
+use super::{COLLECTIONS_AUD, PURCHASE_AUD};
 
 /// A call's outcome, its answer dropped.
 pub type Called = BoxFuture<'static, Result<(), Status>>;
@@ -177,6 +178,10 @@ pub const OPERATIONS: &[Op] = &[
     RENEW_KEY,
     QUERY_COLLECTIONS,
     CONSUME_PRODUCT,
+    GRANT_FREE_PRODUCT,
+    QUERY_RECURRENCES,
+    CHANGE_RECURRENCE,
+    QUERY_ORDERS,
 ];
 
 /// Runs `check` for every operation of `ops` at once (in the calling task) and waits for all
@@ -680,5 +685,499 @@ pub const CONSUME_PRODUCT: Op = Op {
             ..Default::default()
         };
         answer_dropped(consume_product(channel, message, timeout))
+    },
+};
+
+/// A free product every sandbox user may be granted, and its availability id.
+const SANDBOX_FREE_PRODUCT: &str = "9NSANDBOXFRE";
+const SANDBOX_FREE_AVAILABILITY: &str = "9PSANDBOXAVL";
+
+/// A live purchase key of the harness's client id, issued `variant` seconds earlier than
+/// variant 0 (so that variants differ).
+fn purchase_key_variant(variant: u32) -> String {
+    store_key(
+        PURCHASE_AUD,
+        now() - 3600 - i64::from(variant),
+        now() + 29 * 24 * 3600,
+    )
+}
+
+/// A purchase key the sandbox emulator accepts, carrying `magic` in its payload if any.
+fn sandbox_purchase_key(magic: Option<&str>) -> String {
+    let spec = StoreKeySpec::new(Host::Purchase);
+    match magic {
+        Some(magic) => spec.payload(magic).mint(),
+        None => spec.mint(),
+    }
+}
+
+/// The malformed 2xx answers every listing operation must refuse.
+fn malformed_listing() -> Vec<(&'static str, ResponseTemplate, u16)> {
+    vec![
+        (
+            "not JSON",
+            ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+            200,
+        ),
+        ("empty", ResponseTemplate::new(200), 200),
+        (
+            "JSON without items",
+            ResponseTemplate::new(200).set_body_json(json!({"continuationToken": "x"})),
+            200,
+        ),
+        (
+            "items not an array",
+            ResponseTemplate::new(200).set_body_json(json!({"items": {"id": "x"}})),
+            200,
+        ),
+    ]
+}
+
+/// A well-formed grant answer (an order) for the order id of variant 0.
+pub fn order_answer() -> Value {
+    json!({
+        "orderId": tracking_id(0),
+        "orderState": "Purchased",
+        "createdTime": "2026-01-02T03:04:05.0000000+00:00",
+        "currencyCode": "USD",
+        "language": "en-us",
+        "market": "us",
+        "orderLineItems": [{
+            "lineItemId": "1d5e3f0a-0000-4000-8000-000000000003",
+            "productId": "9NFREEPRODUCT",
+            "skuId": "0010",
+            "availabilityId": "9PAVAILABLE0",
+            "billingState": "Charged",
+            "fulfillmentState": "Fulfilled",
+            "quantity": 1,
+            "listPrice": 0.0,
+            "totalAmount": 0.0,
+            "beneficiary": {"identityType": "pub", "identityValue": "user-1"}
+        }],
+        "totalAmount": 0.0,
+        "futureField": {"ignored": true}
+    })
+}
+
+fn grant_variant(variant: u32) -> pb::GrantFreeProductRequest {
+    pb::GrantFreeProductRequest {
+        user_key: purchase_key_variant(0),
+        product_id: "9NFREEPRODUCT".into(),
+        sku_id: "0010".into(),
+        availability_id: "9PAVAILABLE0".into(),
+        language: "en-us".into(),
+        market: "us".into(),
+        order_id: tracking_id(variant),
+        ..Default::default()
+    }
+}
+
+fn grant_free_product(
+    channel: Channel,
+    message: pb::GrantFreeProductRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let order = StorePurchasesClient::new(channel)
+            .grant_free_product(request(message, timeout))
+            .await?
+            .into_inner();
+        Ok(Answer::of(&order, &order.order_id))
+    }
+    .boxed()
+}
+
+/// `StorePurchases/GrantFreeProduct`, with the facade's own token.
+pub const GRANT_FREE_PRODUCT: Op = Op {
+    service: "msstore.v1.StorePurchases",
+    method: "GrantFreeProduct",
+    host: Host::Purchase,
+    http_method: "POST",
+    upstream_path: r"^/v7\.0/purchases/grant$",
+    errors: <ops::GrantFreeProduct as StoreOperation>::ERRORS,
+    conflict: Code::FailedPrecondition,
+    named_fields: &[
+        ("productId", "product_id"),
+        ("skuId", "sku_id"),
+        ("availabilityId", "availability_id"),
+        ("orderId", "order_id"),
+        ("language", "language"),
+        ("market", "market"),
+        ("devOfferId", "dev_offer_id"),
+        ("b2bKey", "user_key"),
+        ("sbx", "sandbox_id"),
+    ],
+    malformed: || {
+        vec![
+            (
+                "not JSON",
+                ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+                200,
+            ),
+            ("empty", ResponseTemplate::new(200), 200),
+            (
+                "JSON without orderId",
+                ResponseTemplate::new(200).set_body_json(json!({"orderState": "Purchased"})),
+                200,
+            ),
+            (
+                "orderId not a string",
+                ResponseTemplate::new(201).set_body_json(json!({"orderId": 7})),
+                201,
+            ),
+        ]
+    },
+    magic_400_field: "product_id",
+    ok_body: order_answer,
+    echoed: |body| body["orderId"].as_str().expect("an order id").to_owned(),
+    retried: &TRANSIENT_STATUSES,
+    coalesces: false,
+    call: |channel, timeout, variant| {
+        answer_dropped(grant_free_product(channel, grant_variant(variant), timeout))
+    },
+    answer: |channel, timeout, variant| {
+        grant_free_product(channel, grant_variant(variant), timeout)
+    },
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::GrantFreeProductRequest {
+            tenant_id: tenant.to_owned(),
+            ..grant_variant(0)
+        };
+        answer_dropped(grant_free_product(channel, message, None))
+    }),
+    // Contract, section 7: the user's key, the ids, language, market and order id are required.
+    call_invalid: |channel| answer_dropped(grant_free_product(channel, Default::default(), None)),
+    secret_fields: &["/b2bKey"],
+    call_with_ticket: None,
+    sandbox_call: |channel, magic, timeout| {
+        let message = pb::GrantFreeProductRequest {
+            user_key: sandbox_purchase_key(None),
+            product_id: magic.unwrap_or(SANDBOX_FREE_PRODUCT).to_owned(),
+            sku_id: "0010".into(),
+            availability_id: SANDBOX_FREE_AVAILABILITY.into(),
+            language: "en-us".into(),
+            market: "us".into(),
+            order_id: tracking_id(u32::from(fastrand::u16(..))),
+            ..Default::default()
+        };
+        answer_dropped(grant_free_product(channel, message, timeout))
+    },
+};
+
+/// A well-formed recurrence (the answer of a change).
+pub fn recurrence() -> Value {
+    json!({
+        "id": "mdr:0:0123456789abcdef0123456789abcdef:9NSUBSCRIPTN",
+        "productId": "9NSUBSCRIPTN",
+        "skuId": "0010",
+        "recurrenceState": "Active",
+        "autoRenew": true,
+        "isTrial": false,
+        "beneficiary": "pub:user-1",
+        "market": "us",
+        "startTime": "2026-01-02T03:04:05.0000000+00:00",
+        "expirationTime": "2026-02-02T03:04:05.0000000+00:00",
+        "expirationTimeWithGrace": "2026-02-05T03:04:05.0000000+00:00",
+        "lastModified": "2026-01-02T03:04:05.0000000+00:00",
+        "futureField": {"ignored": true}
+    })
+}
+
+fn recurrences_variant(variant: u32) -> pb::QueryRecurrencesRequest {
+    pb::QueryRecurrencesRequest {
+        user_key: purchase_key_variant(variant),
+        ..Default::default()
+    }
+}
+
+fn query_recurrences(
+    channel: Channel,
+    message: pb::QueryRecurrencesRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let page = StorePurchasesClient::new(channel)
+            .query_recurrences(request(message, timeout))
+            .await?
+            .into_inner();
+        let echoed = page.items.first().map(|i| i.id.clone()).unwrap_or_default();
+        Ok(Answer::of(&page, &echoed))
+    }
+    .boxed()
+}
+
+/// `StorePurchases/QueryRecurrences`, one page, with the facade's own token.
+pub const QUERY_RECURRENCES: Op = Op {
+    service: "msstore.v1.StorePurchases",
+    method: "QueryRecurrences",
+    host: Host::Purchase,
+    http_method: "POST",
+    upstream_path: r"^/v8\.0/b2b/recurrences/query$",
+    errors: <ops::QueryRecurrences as StoreOperation>::ERRORS,
+    conflict: Code::FailedPrecondition,
+    named_fields: &[
+        ("b2bKey", "user_key"),
+        ("continuationToken", "page_token"),
+        ("pageSize", "page_size"),
+        ("sbx", "sandbox_id"),
+    ],
+    malformed: malformed_listing,
+    magic_400_field: "user_key",
+    ok_body: || json!({ "items": [recurrence()] }),
+    echoed: |body| {
+        body["items"][0]["id"]
+            .as_str()
+            .expect("a recurrence id")
+            .to_owned()
+    },
+    retried: &TRANSIENT_STATUSES,
+    coalesces: false,
+    call: |channel, timeout, variant| {
+        answer_dropped(query_recurrences(
+            channel,
+            recurrences_variant(variant),
+            timeout,
+        ))
+    },
+    answer: |channel, timeout, variant| {
+        query_recurrences(channel, recurrences_variant(variant), timeout)
+    },
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::QueryRecurrencesRequest {
+            tenant_id: tenant.to_owned(),
+            ..recurrences_variant(0)
+        };
+        answer_dropped(query_recurrences(channel, message, None))
+    }),
+    // Contract, section 7: the user's key is required.
+    call_invalid: |channel| answer_dropped(query_recurrences(channel, Default::default(), None)),
+    secret_fields: &["/b2bKey"],
+    call_with_ticket: None,
+    sandbox_call: |channel, magic, timeout| {
+        let message = pb::QueryRecurrencesRequest {
+            user_key: sandbox_purchase_key(magic),
+            ..Default::default()
+        };
+        answer_dropped(query_recurrences(channel, message, timeout))
+    },
+};
+
+fn change_variant(variant: u32) -> pb::ChangeRecurrenceRequest {
+    pb::ChangeRecurrenceRequest {
+        user_key: purchase_key_variant(variant),
+        recurrence_id: "mdr:0:0123456789abcdef0123456789abcdef:9NSUBSCRIPTN".into(),
+        change_type: pb::ChangeType::Extend as i32,
+        extension_days: 5,
+        ..Default::default()
+    }
+}
+
+fn change_recurrence(
+    channel: Channel,
+    message: pb::ChangeRecurrenceRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let changed = StorePurchasesClient::new(channel)
+            .change_recurrence(request(message, timeout))
+            .await?
+            .into_inner();
+        Ok(Answer::of(&changed, &changed.id))
+    }
+    .boxed()
+}
+
+/// `StorePurchases/ChangeRecurrence` (an extension), with the facade's own token.
+pub const CHANGE_RECURRENCE: Op = Op {
+    service: "msstore.v1.StorePurchases",
+    method: "ChangeRecurrence",
+    host: Host::Purchase,
+    http_method: "POST",
+    upstream_path: r"^/v8\.0/b2b/recurrences/[^/]+/change$",
+    errors: <ops::ChangeRecurrence as StoreOperation>::ERRORS,
+    conflict: Code::FailedPrecondition,
+    named_fields: &[
+        ("recurrenceId", "recurrence_id"),
+        ("changeType", "change_type"),
+        ("extensionTimeInDays", "extension_days"),
+        ("b2bKey", "user_key"),
+        ("sbx", "sandbox_id"),
+    ],
+    malformed: || {
+        vec![
+            (
+                "not JSON",
+                ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+                200,
+            ),
+            ("empty", ResponseTemplate::new(200), 200),
+            (
+                "a recurrence without an id",
+                ResponseTemplate::new(200).set_body_json(json!({"recurrenceState": "Active"})),
+                200,
+            ),
+            (
+                "items with two recurrences",
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"items": [recurrence(), recurrence()]})),
+                200,
+            ),
+        ]
+    },
+    magic_400_field: "recurrence_id",
+    ok_body: recurrence,
+    echoed: |body| body["id"].as_str().expect("a recurrence id").to_owned(),
+    // Contract, section 7: not idempotent, retried only where the Store certainly did not act.
+    retried: &[503],
+    coalesces: false,
+    call: |channel, timeout, variant| {
+        answer_dropped(change_recurrence(channel, change_variant(variant), timeout))
+    },
+    answer: |channel, timeout, variant| {
+        change_recurrence(channel, change_variant(variant), timeout)
+    },
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::ChangeRecurrenceRequest {
+            tenant_id: tenant.to_owned(),
+            ..change_variant(0)
+        };
+        answer_dropped(change_recurrence(channel, message, None))
+    }),
+    // Contract, section 7: the user's key, the recurrence and the change type are required.
+    call_invalid: |channel| answer_dropped(change_recurrence(channel, Default::default(), None)),
+    secret_fields: &["/b2bKey"],
+    call_with_ticket: None,
+    sandbox_call: |channel, magic, timeout| {
+        async move {
+            let key = sandbox_purchase_key(None);
+            let recurrence_id = match magic {
+                Some(magic) => magic.to_owned(),
+                None => sandbox_active_recurrence(&channel, &key).await?,
+            };
+            let message = pb::ChangeRecurrenceRequest {
+                user_key: key,
+                recurrence_id,
+                change_type: pb::ChangeType::ToggleAutoRenew as i32,
+                ..Default::default()
+            };
+            change_recurrence(channel, message, timeout).await.map(drop)
+        }
+        .boxed()
+    },
+};
+
+/// The id of an active recurrence of the sandbox user of `key`.
+async fn sandbox_active_recurrence(channel: &Channel, key: &str) -> Result<String, Status> {
+    let page = StorePurchasesClient::new(channel.clone())
+        .query_recurrences(pb::QueryRecurrencesRequest {
+            user_key: key.to_owned(),
+            all_pages: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(page
+        .items
+        .into_iter()
+        .find(|r| r.state() == pb::RecurrenceState::Active)
+        .expect("every sandbox user has an active subscription")
+        .id)
+}
+
+/// A well-formed orders page (one refunded consumable order).
+pub fn orders_page() -> Value {
+    json!({
+        "items": [{
+            "orderId": "2e5f3a0b-0000-4000-8000-000000000001",
+            "shortOrderId": "ABC123",
+            "orderPurchasedDate": "2026-01-02T03:04:05.0000000+00:00",
+            "orderRefundedDate": "2026-01-05T03:04:05.0000000+00:00",
+            "orderLineItems": [{
+                "lineItemId": "2e5f3a0b-0000-4000-8000-000000000002",
+                "lineItemState": "Revoked",
+                "productId": "9NCONSUMABLE",
+                "skuId": "0010",
+                "quantity": 5,
+                "wasConsumableQuantityRevoked": true
+            }],
+            "futureField": {"ignored": true}
+        }]
+    })
+}
+
+fn orders_variant(variant: u32) -> pb::QueryOrdersRequest {
+    pb::QueryOrdersRequest {
+        user_key: purchase_key_variant(variant),
+        ..Default::default()
+    }
+}
+
+fn query_orders(
+    channel: Channel,
+    message: pb::QueryOrdersRequest,
+    timeout: Option<Duration>,
+) -> Answered {
+    async move {
+        let page = StorePurchasesClient::new(channel)
+            .query_orders(request(message, timeout))
+            .await?
+            .into_inner();
+        let echoed = page
+            .items
+            .first()
+            .map(|i| i.order_id.clone())
+            .unwrap_or_default();
+        Ok(Answer::of(&page, &echoed))
+    }
+    .boxed()
+}
+
+/// `StorePurchases/QueryOrders`, one page, with the facade's own token.
+pub const QUERY_ORDERS: Op = Op {
+    service: "msstore.v1.StorePurchases",
+    method: "QueryOrders",
+    host: Host::Purchase,
+    http_method: "POST",
+    upstream_path: r"^/v8\.0/b2b/orders/query$",
+    errors: <ops::QueryOrders as StoreOperation>::ERRORS,
+    conflict: Code::FailedPrecondition,
+    named_fields: &[
+        ("b2bKey", "user_key"),
+        ("lineItemStateFilter", "line_item_states"),
+        ("continuationToken", "page_token"),
+        ("sbx", "sandbox_id"),
+    ],
+    malformed: malformed_listing,
+    magic_400_field: "user_key",
+    ok_body: orders_page,
+    echoed: |body| {
+        body["items"][0]["orderId"]
+            .as_str()
+            .expect("an order id")
+            .to_owned()
+    },
+    retried: &TRANSIENT_STATUSES,
+    coalesces: false,
+    call: |channel, timeout, variant| {
+        answer_dropped(query_orders(channel, orders_variant(variant), timeout))
+    },
+    answer: |channel, timeout, variant| query_orders(channel, orders_variant(variant), timeout),
+    call_for_tenant: Some(|channel, tenant| {
+        let message = pb::QueryOrdersRequest {
+            tenant_id: tenant.to_owned(),
+            ..orders_variant(0)
+        };
+        answer_dropped(query_orders(channel, message, None))
+    }),
+    // Contract, section 7: the user's key is required.
+    call_invalid: |channel| answer_dropped(query_orders(channel, Default::default(), None)),
+    secret_fields: &["/b2bKey"],
+    call_with_ticket: None,
+    sandbox_call: |channel, magic, timeout| {
+        let message = pb::QueryOrdersRequest {
+            user_key: sandbox_purchase_key(magic),
+            ..Default::default()
+        };
+        answer_dropped(query_orders(channel, message, timeout))
     },
 };
