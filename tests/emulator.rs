@@ -1475,21 +1475,38 @@ async fn recurrence_pages(
     }
 }
 
-/// A change of the recurrence `id`, written into the path as is.
-async fn change(
-    endpoints: &Endpoints,
-    token: &str,
-    key: &str,
-    id: &str,
-    change_type: &str,
-    days: Option<Value>,
-) -> Answer {
-    let mut body = json!({"b2bKey": key, "changeType": change_type});
-    if let Some(days) = days {
-        body["extensionTimeInDays"] = days;
+/// A user of the purchase endpoints: a purchase key and the emulator's token.
+struct Buyer {
+    endpoints: Endpoints,
+    token: String,
+    key: String,
+}
+
+impl Buyer {
+    fn new(endpoints: &Endpoints, token: &str, key: &str) -> Self {
+        Self {
+            endpoints: *endpoints,
+            token: token.to_owned(),
+            key: key.to_owned(),
+        }
     }
-    let path = format!("v8.0/b2b/recurrences/{id}/change");
-    post_purchase(endpoints, &path, token, &body).await
+
+    /// A change of the recurrence `id`, written into the path as is.
+    async fn change(&self, id: &str, change_type: &str, days: Option<Value>) -> Answer {
+        let mut body = json!({"b2bKey": self.key, "changeType": change_type});
+        if let Some(days) = days {
+            body["extensionTimeInDays"] = days;
+        }
+        let path = format!("v8.0/b2b/recurrences/{id}/change");
+        post_purchase(&self.endpoints, &path, &self.token, &body).await
+    }
+
+    /// Every recurrence, all pages.
+    async fn recurrences(&self) -> Vec<Value> {
+        recurrence_pages(&self.endpoints, &self.token, &self.key, json!({}))
+            .await
+            .concat()
+    }
 }
 
 async fn orders_query(endpoints: &Endpoints, token: &str, body: &Value) -> Answer {
@@ -1813,10 +1830,8 @@ async fn recurrences_query_has_every_state_for_every_user_and_pages() {
 async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them() {
     use msstore_facade::emulator::catalog::*;
     let (_emulator, endpoints, token) = emulator_and_token().await;
-    let key = purchase_key("alice");
-    let before: Vec<Value> = recurrence_pages(&endpoints, &token, &key, json!({}))
-        .await
-        .concat();
+    let alice = Buyer::new(&endpoints, &token, &purchase_key("alice"));
+    let before = alice.recurrences().await;
     let id_of = |product: &str| {
         before.iter().find(|r| r["productId"] == product).unwrap()["id"]
             .as_str()
@@ -1828,15 +1843,9 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         chrono_days(text)
     };
 
-    let extended = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_PASS),
-        "Extend",
-        Some(json!("5")),
-    )
-    .await;
+    let extended = alice
+        .change(&id_of(SANDBOX_PASS), "Extend", Some(json!("5")))
+        .await;
     assert_eq!(extended.status, 200, "{}", extended.body);
     let extended = extended.json();
     assert_eq!(
@@ -1848,16 +1857,10 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         days(&extended, "expirationTime") - days(pass_before, "expirationTime"),
         5
     );
-    let shortened = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_PASS),
-        "Extend",
-        Some(json!(-2)),
-    )
-    .await
-    .json();
+    let shortened = alice
+        .change(&id_of(SANDBOX_PASS), "Extend", Some(json!(-2)))
+        .await
+        .json();
     assert_eq!(
         days(&shortened, "expirationTime") - days(pass_before, "expirationTime"),
         3
@@ -1866,37 +1869,19 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         days(&shortened, "expirationTimeWithGrace") - days(pass_before, "expirationTimeWithGrace"),
         3
     );
-    let no_days = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_PASS),
-        "Extend",
-        None,
-    )
-    .await;
+    let no_days = alice.change(&id_of(SANDBOX_PASS), "Extend", None).await;
     assert_invalid_parameter(&no_days, "extensionTimeInDays", "Extend without days");
-    let pause = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_PASS),
-        "Pause",
-        None,
-    )
-    .await;
+    let pause = alice.change(&id_of(SANDBOX_PASS), "Pause", None).await;
     assert_invalid_parameter(&pause, "changeType", "unknown change");
 
-    let toggled = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_SUB_DUNNING),
-        "ToggleAutoRenew",
-        Some(json!(0)),
-    )
-    .await
-    .json();
+    let toggled = alice
+        .change(
+            &id_of(SANDBOX_SUB_DUNNING),
+            "ToggleAutoRenew",
+            Some(json!(0)),
+        )
+        .await
+        .json();
     assert_eq!(
         (
             toggled["autoRenew"].clone(),
@@ -1905,15 +1890,9 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         (json!(false), json!("InDunning"))
     );
 
-    let refunded = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_SUB_TRIAL),
-        "Refund",
-        None,
-    )
-    .await;
+    let refunded = alice
+        .change(&id_of(SANDBOX_SUB_TRIAL), "Refund", None)
+        .await;
     assert_eq!(refunded.status, 200, "{}", refunded.body);
     let refunded = refunded.json();
     let items = refunded["items"]
@@ -1923,7 +1902,7 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
     assert_eq!(items[0]["recurrenceState"], "Canceled");
 
     let encoded = id_of(SANDBOX_PASS).replace(':', "%3A");
-    let canceled = change(&endpoints, &token, &key, &encoded, "Cancel", None).await;
+    let canceled = alice.change(&encoded, "Cancel", None).await;
     assert_eq!(
         canceled.status, 200,
         "percent-encoded id: {}",
@@ -1934,15 +1913,12 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
     assert_eq!(canceled["autoRenew"], false);
     assert!(canceled["cancellationDate"].is_string(), "{canceled}");
 
-    let after: Vec<Value> = recurrence_pages(&endpoints, &token, &key, json!({}))
-        .await
-        .concat();
+    let after = alice.recurrences().await;
     assert_eq!(after[0], canceled, "the query shows the change");
     assert_eq!(after[1]["autoRenew"], false);
     assert_eq!(after[6]["recurrenceState"], "Canceled");
-    let bob = recurrence_pages(&endpoints, &token, &purchase_key("bob"), json!({}))
-        .await
-        .concat();
+    let bob = Buyer::new(&endpoints, &token, &purchase_key("bob"));
+    let bob = bob.recurrences().await;
     assert_eq!(bob[0]["recurrenceState"], "Active", "changes are per user");
 
     for (product, change_type) in [
@@ -1951,15 +1927,9 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         (SANDBOX_SUB_FAILED, "Refund"),
         (SANDBOX_SUB_CANCELED, "Cancel"),
     ] {
-        let answer = change(
-            &endpoints,
-            &token,
-            &key,
-            &id_of(product),
-            change_type,
-            Some(json!(1)),
-        )
-        .await;
+        let answer = alice
+            .change(&id_of(product), change_type, Some(json!(1)))
+            .await;
         assert_eq!(
             answer.status, 409,
             "{product} {change_type}: {}",
@@ -1967,15 +1937,9 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         );
         assert_eq!(answer.json()["innererror"]["code"], "RecurrenceTerminal");
     }
-    let toggle_failed = change(
-        &endpoints,
-        &token,
-        &key,
-        &id_of(SANDBOX_SUB_FAILED),
-        "ToggleAutoRenew",
-        None,
-    )
-    .await;
+    let toggle_failed = alice
+        .change(&id_of(SANDBOX_SUB_FAILED), "ToggleAutoRenew", None)
+        .await;
     assert_eq!(toggle_failed.status, 200, "{}", toggle_failed.body);
 
     let bobs_id = bob[1]["id"].as_str().unwrap().to_owned();
@@ -1983,7 +1947,7 @@ async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them
         "mdr:0:00000000000000000000000000000000:9NSANDBOXPAS",
         bobs_id.as_str(),
     ] {
-        let answer = change(&endpoints, &token, &key, id, "Cancel", None).await;
+        let answer = alice.change(id, "Cancel", None).await;
         assert_eq!(answer.status, 404, "{id}: {}", answer.body);
         assert_eq!(answer.json()["innererror"]["code"], "RecurrenceNotFound");
     }
@@ -2119,7 +2083,9 @@ async fn each_purchase_endpoint(
         ),
         (
             "change",
-            change(endpoints, bearer, key, &id, "Cancel", None).await,
+            Buyer::new(endpoints, bearer, key)
+                .change(&id, "Cancel", None)
+                .await,
         ),
         (
             "orders",
@@ -2199,6 +2165,7 @@ async fn magic_ids_fail_the_purchase_endpoints_on_purpose() {
         }
     }
     let key = purchase_key("slow");
+    let buyer = Buyer::new(&endpoints, &token, &key);
     let slow = grant(
         &endpoints,
         &token,
@@ -2210,15 +2177,7 @@ async fn magic_ids_fail_the_purchase_endpoints_on_purpose() {
         slow.json()["orderLineItems"][0]["productId"],
         "9NSANDBOXFRD"
     );
-    let slow = change(
-        &endpoints,
-        &token,
-        &key,
-        "MAGIC-SLOW-10",
-        "ToggleAutoRenew",
-        None,
-    )
-    .await;
+    let slow = buyer.change("MAGIC-SLOW-10", "ToggleAutoRenew", None).await;
     assert_eq!(slow.status, 200, "{}", slow.body);
     assert_eq!(slow.json()["productId"], "9NSANDBOXPAS");
     let answer = recurrences_query(&endpoints, &token, &json!({"b2bKey": StoreKeySpec::new(Host::Purchase).payload(magic::MAGIC_401_INCONSISTENT_CLIENT_ID).mint()})).await;

@@ -10,7 +10,7 @@
 //! this emulator for the request's host, `InconsistentClientId` when its `clientId` is not the
 //! token's `appid`); the rate limit (429). One operation is counted when all pass.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -234,6 +234,59 @@ pub(super) fn page<T: Clone>(
     let end = listed.len().min(offset + page_size);
     let next = (end < listed.len()).then(|| continuation_token(end, fingerprint));
     Ok((listed[offset..end].to_vec(), next))
+}
+
+/// The 200 answer of a page: `{"items": [...], "continuationToken"?: string}`.
+pub(super) fn page_answer(
+    headers: &HeaderMap,
+    items: Vec<Value>,
+    next: Option<String>,
+) -> Response {
+    let mut answer = json!({ "items": items });
+    if let Some(next) = next {
+        answer["continuationToken"] = next.into();
+    }
+    store_answer::json_answer(StatusCode::OK, headers, &answer)
+}
+
+/// A purchase query: its key (whose `payload` claim is its only magic place, named
+/// `b2bKey`), its continuation token and what else the query asks (`T`).
+#[derive(Debug)]
+pub(super) struct PurchaseQuery<T> {
+    pub(super) key: PurchaseKey,
+    pub(super) continuation_token: Option<String>,
+    pub(super) asks: T,
+}
+
+impl<T> PurchaseQuery<T> {
+    /// Reads `b2bKey`, `continuationToken` and `sbx` of `body`, and the rest with `asks`.
+    pub(super) fn read(
+        body: &[u8],
+        asks: impl FnOnce(&JsonBody) -> Result<T, BadField>,
+    ) -> Result<Self, BadField> {
+        let body = JsonBody::parse(body)?;
+        let key = PurchaseKey::read(&body)?;
+        let asks = asks(&body)?;
+        body.optional::<String>("sbx")?;
+        Ok(Self {
+            key,
+            continuation_token: body.optional("continuationToken")?,
+            asks,
+        })
+    }
+}
+
+impl<T> StoreRequest for PurchaseQuery<T> {
+    const HOST: Host = Host::Purchase;
+    const MAGIC_PARAMETER: &'static str = "b2bKey";
+
+    fn magic_ids(&self) -> Vec<&str> {
+        self.key.payload.as_deref().into_iter().collect()
+    }
+
+    fn key(&self) -> &str {
+        &self.key.key
+    }
 }
 
 #[cfg(test)]

@@ -23,19 +23,20 @@
 //! trialData` (one item carries `recurrenceId` in place of `recurrenceData`).
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::b2b::{
-    admit, continuation_token, page_offset, BadField, JsonBody, StoreRequest, StoreUser,
+    admit, continuation_token, page_answer, page_offset, BadField, JsonBody, StoreRequest,
+    StoreUser,
 };
 use super::catalog::{self, Grant, ProductKind, Status, GRANTS};
 use super::clock::fnv1a;
 use super::connection::ConnectionControl;
-use super::{host_prefix, store_answer, EmulatorState};
+use super::{host_prefix, EmulatorState};
 use crate::upstream::Host;
 
 /// The most `productSkuIds` one query may name.
@@ -294,15 +295,14 @@ fn answer_query(
     items.extend_from_slice(
         &granted[offset.saturating_sub(catalog_items)..end.saturating_sub(catalog_items)],
     );
-    let mut answer = json!({ "items": items });
-    if end < total {
-        answer["continuationToken"] = continuation_token(end, &fingerprint).into();
-    }
-    Ok(store_answer::json_answer(StatusCode::OK, headers, &answer))
+    let next = (end < total).then(|| continuation_token(end, &fingerprint));
+    Ok(page_answer(headers, items, next))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

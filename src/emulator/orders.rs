@@ -24,17 +24,17 @@
 //! "orderPurchasedDate", "orderRefundedDate"?}], "continuationToken"?}`.
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::b2b::{admit, page, BadField, JsonBody, PurchaseKey, StoreRequest, StoreUser};
+use super::b2b::{admit, page, page_answer, BadField, JsonBody, PurchaseQuery, StoreUser};
 use super::catalog::{SANDBOX_CONSUMABLE, SANDBOX_SKU, SANDBOX_UNMANAGED_CONSUMABLE};
 use super::clock::{fnv1a, guid_for, now, store_timestamp};
 use super::connection::ConnectionControl;
 use super::grant::GrantedOrder;
-use super::{host_prefix, store_answer, EmulatorState};
+use super::{host_prefix, EmulatorState};
 use crate::upstream::Host;
 
 /// How many orders one page of the orders query holds.
@@ -72,62 +72,37 @@ impl LineItemState {
     }
 }
 
-/// An orders query body.
-#[derive(Debug)]
-struct OrdersQuery {
-    key: PurchaseKey,
-    /// Sorted, without duplicates, never empty.
-    states: Vec<LineItemState>,
-    continuation_token: Option<String>,
+/// An orders query: the line item states it asks for (sorted, without duplicates, never
+/// empty).
+type OrdersQuery = PurchaseQuery<Vec<LineItemState>>;
+
+/// `lineItemStateFilter`; absent, `null` or empty means every state.
+fn state_filter(body: &JsonBody) -> Result<Vec<LineItemState>, BadField> {
+    let filter: Vec<String> = body.optional("lineItemStateFilter")?.unwrap_or_default();
+    let mut states = filter
+        .iter()
+        .map(|text| LineItemState::parse(text))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            BadField::new(
+                "lineItemStateFilter",
+                "Use Purchased, Revoked and Refunded.",
+            )
+        })?;
+    if states.is_empty() {
+        states = EVERY_STATE.to_vec();
+    }
+    states.sort_unstable();
+    states.dedup();
+    Ok(states)
 }
 
-impl OrdersQuery {
-    fn parse_body(body: &[u8]) -> Result<Self, BadField> {
-        let body = JsonBody::parse(body)?;
-        let key = PurchaseKey::read(&body)?;
-        let filter: Vec<String> = body.optional("lineItemStateFilter")?.unwrap_or_default();
-        let mut states = filter
-            .iter()
-            .map(|text| LineItemState::parse(text))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                BadField::new(
-                    "lineItemStateFilter",
-                    "Use Purchased, Revoked and Refunded.",
-                )
-            })?;
-        if states.is_empty() {
-            states = EVERY_STATE.to_vec();
-        }
-        states.sort_unstable();
-        states.dedup();
-        body.optional::<String>("sbx")?;
-        Ok(Self {
-            key,
-            states,
-            continuation_token: body.optional("continuationToken")?,
-        })
-    }
-
-    /// What a continuation token is bound to: the user, the application and the filter.
-    fn fingerprint(&self, user: &StoreUser) -> String {
-        let states = format!("{:?}", self.states);
-        let parts = ["orders", user.user_id.as_str(), &user.client_id, &states];
-        format!("{:016x}", fnv1a(&parts, 5))
-    }
-}
-
-impl StoreRequest for OrdersQuery {
-    const HOST: Host = Host::Purchase;
-    const MAGIC_PARAMETER: &'static str = "b2bKey";
-
-    fn magic_ids(&self) -> Vec<&str> {
-        self.key.payload.as_deref().into_iter().collect()
-    }
-
-    fn key(&self) -> &str {
-        &self.key.key
-    }
+/// What a continuation token of `query` is bound to: the user, the application and the
+/// filter.
+fn fingerprint(query: &OrdersQuery, user: &StoreUser) -> String {
+    let states = format!("{:?}", query.asks);
+    let parts = ["orders", user.user_id.as_str(), &user.client_id, &states];
+    format!("{:016x}", fnv1a(&parts, 5))
 }
 
 /// One order of the listing (every order has one line item).
@@ -241,23 +216,16 @@ async fn orders_query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let parsed = OrdersQuery::parse_body(&body);
+    let parsed = OrdersQuery::read(&body, state_filter);
     let (query, user) = match admit(&state, &connection, &headers, parsed).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
-    let listed = listing(&state, &user.user_id, &query.states);
-    let fingerprint = query.fingerprint(&user);
+    let listed = listing(&state, &user.user_id, &query.asks);
+    let fingerprint = fingerprint(&query, &user);
     let token = query.continuation_token.as_deref();
     match page(&listed, token, &fingerprint, ORDERS_PAGE_SIZE) {
-        Ok((orders, next)) => {
-            let items: Vec<Value> = orders.iter().map(Order::item).collect();
-            let mut answer = json!({ "items": items });
-            if let Some(next) = next {
-                answer["continuationToken"] = next.into();
-            }
-            store_answer::json_answer(StatusCode::OK, &headers, &answer)
-        }
+        Ok((orders, next)) => page_answer(&headers, orders.iter().map(Order::item).collect(), next),
         Err(bad) => bad.answer(&headers),
     }
 }

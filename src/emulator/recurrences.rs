@@ -47,7 +47,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::b2b::{admit, page, BadField, JsonBody, PurchaseKey, StoreRequest, StoreUser};
+use super::b2b::{
+    admit, page, page_answer, BadField, JsonBody, PurchaseKey, PurchaseQuery, StoreRequest,
+    StoreUser,
+};
 use super::catalog::{
     acquired_at, recurrence_id, RecurrenceState, Subscription, SANDBOX_PASS, SANDBOX_SKU,
     SANDBOX_SUB_TRIAL, SUBSCRIPTIONS, SUBSCRIPTION_DAYS,
@@ -307,44 +310,17 @@ fn today(at: i64) -> i64 {
     at.div_euclid(DAY) * DAY
 }
 
-/// A recurrence query body.
-#[derive(Debug)]
-struct RecurrenceQuery {
-    key: PurchaseKey,
-    page_size: usize,
-    continuation_token: Option<String>,
-}
+/// A recurrence query: its page size.
+type RecurrenceQuery = PurchaseQuery<usize>;
 
-impl RecurrenceQuery {
-    fn parse_body(body: &[u8]) -> Result<Self, BadField> {
-        let body = JsonBody::parse(body)?;
-        let key = PurchaseKey::read(&body)?;
-        let page_size = match body.lenient_integer("pageSize")? {
-            None => DEFAULT_RECURRENCE_PAGE_SIZE,
-            Some(size) => usize::try_from(size)
-                .ok()
-                .filter(|_| (1..=MAX_RECURRENCE_PAGE_SIZE).contains(&size))
-                .ok_or_else(|| BadField::new("pageSize", "Use 1 to 100."))?,
-        };
-        body.optional::<String>("sbx")?;
-        Ok(Self {
-            key,
-            page_size,
-            continuation_token: body.optional("continuationToken")?,
-        })
-    }
-}
-
-impl StoreRequest for RecurrenceQuery {
-    const HOST: Host = Host::Purchase;
-    const MAGIC_PARAMETER: &'static str = "b2bKey";
-
-    fn magic_ids(&self) -> Vec<&str> {
-        self.key.payload.as_deref().into_iter().collect()
-    }
-
-    fn key(&self) -> &str {
-        &self.key.key
+/// `pageSize`: a number or a numeric string, 1 to 100, default 25.
+fn page_size(body: &JsonBody) -> Result<usize, BadField> {
+    match body.lenient_integer("pageSize")? {
+        None => Ok(DEFAULT_RECURRENCE_PAGE_SIZE),
+        Some(size) => usize::try_from(size)
+            .ok()
+            .filter(|_| (1..=MAX_RECURRENCE_PAGE_SIZE).contains(&size))
+            .ok_or_else(|| BadField::new("pageSize", "Use 1 to 100.")),
     }
 }
 
@@ -420,7 +396,7 @@ async fn recurrences_query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let parsed = RecurrenceQuery::parse_body(&body);
+    let parsed = RecurrenceQuery::read(&body, page_size);
     let (query, user) = match admit(&state, &connection, &headers, parsed).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
@@ -428,14 +404,10 @@ async fn recurrences_query(
     let listed = state.recurrences.recurrences(&user.user_id, today(now()));
     let fingerprint = fingerprint(&user);
     let token = query.continuation_token.as_deref();
-    match page(&listed, token, &fingerprint, query.page_size) {
+    match page(&listed, token, &fingerprint, query.asks) {
         Ok((recurrences, next)) => {
-            let items: Vec<Value> = recurrences.iter().map(|r| r.item(&user.user_id)).collect();
-            let mut answer = json!({ "items": items });
-            if let Some(next) = next {
-                answer["continuationToken"] = next.into();
-            }
-            store_answer::json_answer(StatusCode::OK, &headers, &answer)
+            let items = recurrences.iter().map(|r| r.item(&user.user_id)).collect();
+            page_answer(&headers, items, next)
         }
         Err(bad) => bad.answer(&headers),
     }
