@@ -21,6 +21,21 @@
 //! bundle), the developer-managed consumable, the game (through the pass), the application,
 //! the bundle, the promotional durable, `MAGIC-RESET-AFTER-COMMIT`. Each duplicate comes at
 //! least two items after its first copy, so pages of two put the copies on different pages.
+//!
+//! Grant (`POST /purchase/v7.0/purchases/grant`) knows three offers, which no user owns until
+//! granted: then they follow the 11 items above, one item per product.
+//!
+//! | product id | constant | kind | price |
+//! |---|---|---|---|
+//! | `9NSANDBOXFRD` | [`SANDBOX_FREE_DURABLE`] | `Durable` | free |
+//! | `9NSANDBOXFRC` | [`SANDBOX_FREE_CONSUMABLE`] | `Consumable` | free |
+//! | `9NSANDBOXPAY` | [`SANDBOX_PRICED_DURABLE`] | `Durable` | 4.99 USD: grant refuses it |
+//!
+//! Every user has seven subscriptions (`POST /purchase/v8.0/b2b/recurrences/query`):
+//! [`SANDBOX_PASS`] `Active`, [`SANDBOX_SUB_DUNNING`] `InDunning`, [`SANDBOX_SUB_CANCELED`]
+//! `Canceled`, [`SANDBOX_SUB_INACTIVE`] `Inactive`, [`SANDBOX_SUB_FAILED`] `Failed`,
+//! [`SANDBOX_SUB_NONE`] `None` and [`SANDBOX_SUB_TRIAL`] `Active` in trial. Only the pass is in
+//! the collections listing.
 
 use serde_json::{json, Value};
 
