@@ -1406,3 +1406,807 @@ async fn the_201st_collections_operation_of_a_user_in_300_seconds_is_throttled()
     .await;
     assert_eq!(other_user.status, 200, "{}", other_user.body);
 }
+
+// The purchase endpoints: grant, recurrences (query and change) and orders.
+
+async fn post_purchase(endpoints: &Endpoints, path: &str, token: &str, body: &Value) -> Answer {
+    let base = endpoints.host_url(Host::Purchase);
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/{path}"))
+        .header("ms-cv", "xu2HW6SrSkyfHyFh.0.4")
+        .json(body);
+    if !token.is_empty() {
+        request = request.bearer_auth(token);
+    }
+    Answer::read(request.send().await.expect("the emulator answers")).await
+}
+
+fn purchase_key(user: &str) -> String {
+    StoreKeySpec::new(Host::Purchase).user_id(user).mint()
+}
+
+fn order_id(n: u32) -> String {
+    format!("6a0d1a3c-6a30-4c2e-9a0b-{n:012x}")
+}
+
+fn grant_body(key: &str, product_id: &str, order_id: &str) -> Value {
+    json!({
+        "availabilityId": "9RSANDBOXAVL",
+        "b2bKey": key,
+        "devOfferId": "offer-1",
+        "language": "en-us",
+        "market": "us",
+        "orderId": order_id,
+        "productId": product_id,
+        "quantity": 1,
+        "skuId": "0010",
+    })
+}
+
+async fn grant(endpoints: &Endpoints, token: &str, body: &Value) -> Answer {
+    post_purchase(endpoints, "v7.0/purchases/grant", token, body).await
+}
+
+async fn recurrences_query(endpoints: &Endpoints, token: &str, body: &Value) -> Answer {
+    post_purchase(endpoints, "v8.0/b2b/recurrences/query", token, body).await
+}
+
+/// Every recurrence of `key`, page by page.
+async fn recurrence_pages(
+    endpoints: &Endpoints,
+    token: &str,
+    key: &str,
+    extra: Value,
+) -> Vec<Vec<Value>> {
+    let mut body = json!({"b2bKey": key});
+    for (name, value) in extra.as_object().into_iter().flatten() {
+        body[name] = value.clone();
+    }
+    let mut pages = Vec::new();
+    loop {
+        let answer = recurrences_query(endpoints, token, &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let page = answer.json();
+        pages.push(page["items"].as_array().unwrap().clone());
+        match page.get("continuationToken") {
+            Some(next) => body["continuationToken"] = next.clone(),
+            None => return pages,
+        }
+    }
+}
+
+/// A user of the purchase endpoints: a purchase key and the emulator's token.
+struct Buyer {
+    endpoints: Endpoints,
+    token: String,
+    key: String,
+}
+
+impl Buyer {
+    fn new(endpoints: &Endpoints, token: &str, key: &str) -> Self {
+        Self {
+            endpoints: *endpoints,
+            token: token.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// A change of the recurrence `id`, written into the path as is.
+    async fn change(&self, id: &str, change_type: &str, days: Option<Value>) -> Answer {
+        let mut body = json!({"b2bKey": self.key, "changeType": change_type});
+        if let Some(days) = days {
+            body["extensionTimeInDays"] = days;
+        }
+        let path = format!("v8.0/b2b/recurrences/{id}/change");
+        post_purchase(&self.endpoints, &path, &self.token, &body).await
+    }
+
+    /// Every recurrence, all pages.
+    async fn recurrences(&self) -> Vec<Value> {
+        recurrence_pages(&self.endpoints, &self.token, &self.key, json!({}))
+            .await
+            .concat()
+    }
+}
+
+async fn orders_query(endpoints: &Endpoints, token: &str, body: &Value) -> Answer {
+    post_purchase(endpoints, "v8.0/b2b/orders/query", token, body).await
+}
+
+/// Every order of `key` in `filter` (none: no filter sent), and how many pages they took.
+async fn all_orders(
+    endpoints: &Endpoints,
+    token: &str,
+    key: &str,
+    filter: Option<Value>,
+) -> (Vec<Value>, usize) {
+    let mut body = json!({"b2bKey": key});
+    if let Some(filter) = filter {
+        body["lineItemStateFilter"] = filter;
+    }
+    let mut orders = Vec::new();
+    for pages in 1.. {
+        let answer = orders_query(endpoints, token, &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let page = answer.json();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= msstore_facade::emulator::ORDERS_PAGE_SIZE);
+        orders.extend(items.iter().cloned());
+        match page.get("continuationToken") {
+            Some(next) => body["continuationToken"] = next.clone(),
+            None => return (orders, pages),
+        }
+    }
+    unreachable!()
+}
+
+fn is_guid(value: &Value) -> bool {
+    msstore_facade::auth::TenantId::parse(value.as_str().unwrap_or_default()).is_ok()
+}
+
+#[tokio::test]
+async fn grant_answers_a_purchased_order_once_per_order_id_and_the_queries_show_it() {
+    use msstore_facade::emulator::catalog::{SANDBOX_FREE_CONSUMABLE, SANDBOX_FREE_DURABLE};
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = purchase_key("alice");
+    let body = grant_body(&key, SANDBOX_FREE_DURABLE, &order_id(1));
+    let first = grant(&endpoints, &token, &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    first.assert_store_ids();
+    let order = first.json();
+    assert_eq!(order["orderId"], order_id(1));
+    assert_eq!(order["orderState"], "Purchased");
+    assert_eq!(
+        (order["language"].clone(), order["market"].clone()),
+        (json!("en-us"), json!("us"))
+    );
+    assert_eq!(order["totalAmount"], 0.0);
+    assert!(
+        order["createdTime"].as_str().unwrap().ends_with("+00:00"),
+        "{order}"
+    );
+    let lines = order["orderLineItems"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{order}");
+    let line = &lines[0];
+    assert!(is_guid(&line["lineItemId"]), "{line}");
+    assert_eq!(line["billingState"], "Charged");
+    assert_eq!(line["fulfillmentState"], "Fulfilled");
+    assert_eq!(
+        line["beneficiary"],
+        json!({"identityType": "pub", "identityValue": "alice"})
+    );
+    assert_eq!(
+        (line["productId"].clone(), line["skuId"].clone()),
+        (json!(SANDBOX_FREE_DURABLE), json!("0010"))
+    );
+    assert_eq!(
+        (line["listPrice"].clone(), line["quantity"].clone()),
+        (json!(0.0), json!(1))
+    );
+    assert_eq!(line["availabilityId"], "9RSANDBOXAVL");
+
+    let replay = post_purchase(&endpoints, "v6.0/purchases/grant", &token, &body).await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.json(), order, "a replay answers the same order");
+    let consumable = grant_body(&key, SANDBOX_FREE_CONSUMABLE, &order_id(2));
+    assert_eq!(grant(&endpoints, &token, &consumable).await.status, 200);
+
+    let (orders, _) = all_orders(&endpoints, &token, &key, Some(json!(["Purchased"]))).await;
+    let granted: Vec<&Value> = orders
+        .iter()
+        .filter(|o| o["orderId"] == order_id(1))
+        .collect();
+    assert_eq!(granted.len(), 1, "granted once: {orders:?}");
+    assert_eq!(
+        granted[0]["orderLineItems"][0]["lineItemId"],
+        line["lineItemId"]
+    );
+    assert_eq!(
+        granted[0]["orderLineItems"][0]["lineItemState"],
+        "Purchased"
+    );
+    assert_eq!(
+        orders.last().unwrap()["orderId"],
+        order_id(2),
+        "newest last"
+    );
+
+    let alices_collections = collections_key("alice");
+    let products = [
+        SANDBOX_FREE_DURABLE,
+        SANDBOX_FREE_CONSUMABLE,
+        "9NSANDBOXGME",
+    ];
+    let answer = query(
+        &endpoints,
+        &token,
+        &query_body(&alices_collections, &products, json!({})),
+    )
+    .await;
+    let items = answer.json()["items"].as_array().unwrap().clone();
+    let durable = items
+        .iter()
+        .find(|i| i["productId"] == SANDBOX_FREE_DURABLE)
+        .unwrap_or_else(|| panic!("the granted durable is owned: {items:?}"));
+    assert_eq!(
+        (durable["status"].clone(), durable["quantity"].clone()),
+        (json!("Active"), json!(1))
+    );
+    assert_eq!(durable["transactionId"], order_id(1));
+    let bob = query(
+        &endpoints,
+        &token,
+        &query_body(&collections_key("bob"), &products, json!({})),
+    )
+    .await;
+    assert_eq!(
+        bob.json()["items"].as_array().unwrap().len(),
+        2,
+        "bob was granted nothing"
+    );
+}
+
+#[tokio::test]
+async fn grant_refuses_priced_products_other_quantities_and_a_reused_order_id() {
+    use msstore_facade::emulator::catalog::*;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = purchase_key("alice");
+    let mut two = grant_body(&key, SANDBOX_FREE_DURABLE, &order_id(1));
+    two["quantity"] = json!(2);
+    let mut no_order = grant_body(&key, SANDBOX_FREE_DURABLE, &order_id(1));
+    no_order.as_object_mut().unwrap().remove("orderId");
+    let cases = [
+        (
+            "priced",
+            grant_body(&key, SANDBOX_PRICED_DURABLE, &order_id(1)),
+            "productId",
+        ),
+        (
+            "owned game",
+            grant_body(&key, SANDBOX_GAME, &order_id(1)),
+            "productId",
+        ),
+        (
+            "unknown",
+            grant_body(&key, "9NOTINCATALOG", &order_id(1)),
+            "productId",
+        ),
+        ("quantity 2", two, "quantity"),
+        ("no orderId", no_order, "orderId"),
+        (
+            "orderId not a GUID",
+            grant_body(&key, SANDBOX_FREE_DURABLE, "order-1"),
+            "orderId",
+        ),
+    ];
+    for (case, body, field) in cases {
+        let answer = grant(&endpoints, &token, &body).await;
+        assert_invalid_parameter(&answer, field, case);
+        assert!(!answer.body.contains(&key), "{case}: the key is echoed");
+    }
+    let priced = grant(
+        &endpoints,
+        &token,
+        &grant_body(&key, SANDBOX_PRICED_DURABLE, &order_id(1)),
+    )
+    .await;
+    assert!(priced.body.contains("not free"), "{}", priced.body);
+
+    let first = grant(
+        &endpoints,
+        &token,
+        &grant_body(&key, SANDBOX_FREE_DURABLE, &order_id(3)),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let other = grant(
+        &endpoints,
+        &token,
+        &grant_body(&key, SANDBOX_FREE_CONSUMABLE, &order_id(3)),
+    )
+    .await;
+    assert_eq!(other.status, 409, "{}", other.body);
+    assert_eq!(other.json()["innererror"]["code"], "OrderIdConflict");
+    assert!(other.inner_data().contains("orderId"), "{}", other.body);
+    let bob = grant(
+        &endpoints,
+        &token,
+        &grant_body(&purchase_key("bob"), SANDBOX_FREE_CONSUMABLE, &order_id(3)),
+    )
+    .await;
+    assert_eq!(bob.status, 200, "order ids are per user: {}", bob.body);
+}
+
+#[tokio::test]
+async fn recurrences_query_has_every_state_for_every_user_and_pages() {
+    use msstore_facade::emulator::catalog::{SANDBOX_PASS, SANDBOX_SUB_TRIAL};
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = purchase_key("alice");
+    let whole = recurrence_pages(&endpoints, &token, &key, json!({})).await;
+    assert_eq!(whole.len(), 1, "the default page of 25 holds them all");
+    let items = &whole[0];
+    let states: Vec<&str> = items
+        .iter()
+        .map(|i| i["recurrenceState"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "Active",
+            "InDunning",
+            "Canceled",
+            "Inactive",
+            "Failed",
+            "None",
+            "Active"
+        ]
+    );
+    let fields = [
+        "autoRenew",
+        "beneficiary",
+        "expirationTime",
+        "expirationTimeWithGrace",
+        "id",
+        "isTrial",
+        "lastModified",
+        "market",
+        "productId",
+        "recurrenceState",
+        "skuId",
+        "startTime",
+    ];
+    for item in items {
+        let mut expected = fields.to_vec();
+        if item["recurrenceState"] == "Canceled" {
+            expected.push("cancellationDate");
+        }
+        let mut keys: Vec<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{item}");
+        assert_eq!(item["beneficiary"], "pub:alice");
+        let id = item["id"].as_str().unwrap();
+        let parts: Vec<&str> = id.split(':').collect();
+        assert_eq!(parts.len(), 4, "{id}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("mdr", "0", item["productId"].as_str().unwrap())
+        );
+        assert!(
+            parts[2].len() == 32 && parts[2].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        (items[0]["productId"].clone(), items[0]["autoRenew"].clone()),
+        (json!(SANDBOX_PASS), json!(true))
+    );
+    let dunning = &items[1];
+    assert!(dunning["expirationTimeWithGrace"].as_str() > dunning["expirationTime"].as_str());
+    assert_eq!(items.iter().filter(|i| i["isTrial"] == true).count(), 1);
+    assert_eq!(items[6]["productId"], SANDBOX_SUB_TRIAL);
+
+    let pass_id = &items[0]["id"];
+    let collections = query(
+        &endpoints,
+        &token,
+        &query_body(&collections_key("alice"), &[SANDBOX_PASS], json!({})),
+    )
+    .await;
+    assert_eq!(
+        &collections.json()["items"][0]["recurrenceData"],
+        pass_id,
+        "the collections query names the same id"
+    );
+
+    let pages = recurrence_pages(&endpoints, &token, &key, json!({"pageSize": "2"})).await;
+    assert_eq!(pages.len(), 4, "{pages:?}");
+    assert_eq!(pages.concat(), *items);
+    let numeric = recurrence_pages(&endpoints, &token, &key, json!({"pageSize": 3})).await;
+    assert_eq!(numeric.len(), 3);
+    let bob = recurrence_pages(&endpoints, &token, &purchase_key("bob"), json!({})).await;
+    assert_ne!(bob[0][0]["id"], items[0]["id"]);
+    assert_eq!(bob[0].len(), 7);
+
+    let first = recurrences_query(&endpoints, &token, &json!({"b2bKey": key, "pageSize": 2})).await;
+    let next = first.json()["continuationToken"].clone();
+    let foreign = recurrences_query(
+        &endpoints,
+        &token,
+        &json!({"b2bKey": purchase_key("bob"), "continuationToken": next}),
+    )
+    .await;
+    assert_invalid_parameter(&foreign, "continuationToken", "another user's token");
+    let zero = recurrences_query(&endpoints, &token, &json!({"b2bKey": key, "pageSize": 0})).await;
+    assert_invalid_parameter(&zero, "pageSize", "page size 0");
+}
+
+#[tokio::test]
+async fn recurrence_changes_show_in_the_next_query_and_terminal_ones_refuse_them() {
+    use msstore_facade::emulator::catalog::*;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let alice = Buyer::new(&endpoints, &token, &purchase_key("alice"));
+    let before = alice.recurrences().await;
+    let id_of = |product: &str| {
+        before.iter().find(|r| r["productId"] == product).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let days = |item: &Value, field: &str| {
+        let text = item[field].as_str().unwrap();
+        chrono_days(text)
+    };
+
+    let extended = alice
+        .change(&id_of(SANDBOX_PASS), "Extend", Some(json!("5")))
+        .await;
+    assert_eq!(extended.status, 200, "{}", extended.body);
+    let extended = extended.json();
+    assert_eq!(
+        extended["productId"], SANDBOX_PASS,
+        "a bare recurrence: {extended}"
+    );
+    let pass_before = &before[0];
+    assert_eq!(
+        days(&extended, "expirationTime") - days(pass_before, "expirationTime"),
+        5
+    );
+    let shortened = alice
+        .change(&id_of(SANDBOX_PASS), "Extend", Some(json!(-2)))
+        .await
+        .json();
+    assert_eq!(
+        days(&shortened, "expirationTime") - days(pass_before, "expirationTime"),
+        3
+    );
+    assert_eq!(
+        days(&shortened, "expirationTimeWithGrace") - days(pass_before, "expirationTimeWithGrace"),
+        3
+    );
+    let no_days = alice.change(&id_of(SANDBOX_PASS), "Extend", None).await;
+    assert_invalid_parameter(&no_days, "extensionTimeInDays", "Extend without days");
+    let pause = alice.change(&id_of(SANDBOX_PASS), "Pause", None).await;
+    assert_invalid_parameter(&pause, "changeType", "unknown change");
+
+    let toggled = alice
+        .change(
+            &id_of(SANDBOX_SUB_DUNNING),
+            "ToggleAutoRenew",
+            Some(json!(0)),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (
+            toggled["autoRenew"].clone(),
+            toggled["recurrenceState"].clone()
+        ),
+        (json!(false), json!("InDunning"))
+    );
+
+    let refunded = alice
+        .change(&id_of(SANDBOX_SUB_TRIAL), "Refund", None)
+        .await;
+    assert_eq!(refunded.status, 200, "{}", refunded.body);
+    let refunded = refunded.json();
+    let items = refunded["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the trial answers items: {refunded}"));
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["recurrenceState"], "Canceled");
+
+    let encoded = id_of(SANDBOX_PASS).replace(':', "%3A");
+    let canceled = alice.change(&encoded, "Cancel", None).await;
+    assert_eq!(
+        canceled.status, 200,
+        "percent-encoded id: {}",
+        canceled.body
+    );
+    let canceled = canceled.json();
+    assert_eq!(canceled["recurrenceState"], "Canceled");
+    assert_eq!(canceled["autoRenew"], false);
+    assert!(canceled["cancellationDate"].is_string(), "{canceled}");
+
+    let after = alice.recurrences().await;
+    assert_eq!(after[0], canceled, "the query shows the change");
+    assert_eq!(after[1]["autoRenew"], false);
+    assert_eq!(after[6]["recurrenceState"], "Canceled");
+    let bob = Buyer::new(&endpoints, &token, &purchase_key("bob"));
+    let bob = bob.recurrences().await;
+    assert_eq!(bob[0]["recurrenceState"], "Active", "changes are per user");
+
+    for (product, change_type) in [
+        (SANDBOX_PASS, "Cancel"),
+        (SANDBOX_SUB_INACTIVE, "Extend"),
+        (SANDBOX_SUB_FAILED, "Refund"),
+        (SANDBOX_SUB_CANCELED, "Cancel"),
+    ] {
+        let answer = alice
+            .change(&id_of(product), change_type, Some(json!(1)))
+            .await;
+        assert_eq!(
+            answer.status, 409,
+            "{product} {change_type}: {}",
+            answer.body
+        );
+        assert_eq!(answer.json()["innererror"]["code"], "RecurrenceTerminal");
+    }
+    let toggle_failed = alice
+        .change(&id_of(SANDBOX_SUB_FAILED), "ToggleAutoRenew", None)
+        .await;
+    assert_eq!(toggle_failed.status, 200, "{}", toggle_failed.body);
+
+    let bobs_id = bob[1]["id"].as_str().unwrap().to_owned();
+    for id in [
+        "mdr:0:00000000000000000000000000000000:9NSANDBOXPAS",
+        bobs_id.as_str(),
+    ] {
+        let answer = alice.change(id, "Cancel", None).await;
+        assert_eq!(answer.status, 404, "{id}: {}", answer.body);
+        assert_eq!(answer.json()["innererror"]["code"], "RecurrenceNotFound");
+    }
+}
+
+/// Days since the epoch of a Store timestamp (`2026-01-02T03:04:05.0000000+00:00`).
+fn chrono_days(text: &str) -> i64 {
+    let date: Vec<i64> = text[..10].split('-').map(|p| p.parse().unwrap()).collect();
+    let (y, m, d) = (date[0], date[1], date[2]);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[tokio::test]
+async fn orders_query_lists_seed_orders_in_every_state_filters_and_pages() {
+    use msstore_facade::emulator::{ORDERS_PAGE_SIZE, SEED_ORDERS};
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = purchase_key("alice");
+    let (orders, pages) = all_orders(&endpoints, &token, &key, None).await;
+    assert_eq!(orders.len(), SEED_ORDERS);
+    assert_eq!(
+        pages,
+        SEED_ORDERS.div_ceil(ORDERS_PAGE_SIZE),
+        "pages of {ORDERS_PAGE_SIZE}"
+    );
+    for order in &orders {
+        assert!(is_guid(&order["orderId"]), "{order}");
+        assert_eq!(order["shortOrderId"].as_str().unwrap().len(), 10);
+        let line = &order["orderLineItems"][0];
+        let mut fields: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "lineItemId",
+                "lineItemState",
+                "productId",
+                "quantity",
+                "skuId",
+                "wasConsumableQuantityRevoked"
+            ]
+        );
+        let refunded = line["lineItemState"] != "Purchased";
+        assert_eq!(
+            order.get("orderRefundedDate").is_some(),
+            refunded,
+            "{order}"
+        );
+        assert_eq!(
+            line["wasConsumableQuantityRevoked"],
+            line["lineItemState"] == "Revoked"
+        );
+    }
+    let dates: Vec<&str> = orders
+        .iter()
+        .map(|o| o["orderPurchasedDate"].as_str().unwrap())
+        .collect();
+    assert!(
+        dates.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {dates:?}"
+    );
+    assert_eq!(
+        all_orders(&endpoints, &token, &key, None).await.0,
+        orders,
+        "stable"
+    );
+
+    for state in ["Purchased", "Revoked", "Refunded"] {
+        let (some, _) = all_orders(&endpoints, &token, &key, Some(json!([state]))).await;
+        assert_eq!(some.len(), 4, "{state}");
+        assert!(some
+            .iter()
+            .all(|o| o["orderLineItems"][0]["lineItemState"] == state));
+    }
+    let (two, _) = all_orders(
+        &endpoints,
+        &token,
+        &key,
+        Some(json!(["Revoked", "Refunded"])),
+    )
+    .await;
+    assert_eq!(two.len(), 8);
+    let bad = orders_query(
+        &endpoints,
+        &token,
+        &json!({"b2bKey": key, "lineItemStateFilter": ["Returned"]}),
+    )
+    .await;
+    assert_invalid_parameter(&bad, "lineItemStateFilter", "unknown state");
+    let first = orders_query(&endpoints, &token, &json!({"b2bKey": key})).await;
+    let next = first.json()["continuationToken"].clone();
+    let other_filter =
+        json!({"b2bKey": key, "lineItemStateFilter": ["Revoked"], "continuationToken": next});
+    assert_invalid_parameter(
+        &orders_query(&endpoints, &token, &other_filter).await,
+        "continuationToken",
+        "another filter",
+    );
+    let (bob, _) = all_orders(&endpoints, &token, &purchase_key("bob"), None).await;
+    assert_ne!(bob[0]["orderId"], orders[0]["orderId"]);
+}
+
+/// One request of each purchase endpoint for `key`, answered.
+async fn each_purchase_endpoint(
+    endpoints: &Endpoints,
+    bearer: &str,
+    key: &str,
+    magic: Option<&str>,
+) -> Vec<(&'static str, Answer)> {
+    use msstore_facade::emulator::catalog::SANDBOX_FREE_DURABLE;
+    let product = magic.unwrap_or(SANDBOX_FREE_DURABLE);
+    let id = magic.map_or_else(
+        || "mdr:0:00000000000000000000000000000000:9NSANDBOXPAS".to_owned(),
+        str::to_owned,
+    );
+    vec![
+        (
+            "grant",
+            grant(endpoints, bearer, &grant_body(key, product, &order_id(9))).await,
+        ),
+        (
+            "recurrences",
+            recurrences_query(endpoints, bearer, &json!({"b2bKey": key})).await,
+        ),
+        (
+            "change",
+            Buyer::new(endpoints, bearer, key)
+                .change(&id, "Cancel", None)
+                .await,
+        ),
+        (
+            "orders",
+            orders_query(endpoints, bearer, &json!({"b2bKey": key})).await,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn purchase_endpoints_check_the_token_and_the_purchase_key() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let expired = StoreKeySpec::new(Host::Purchase)
+        .issued_at(now() - 31 * 24 * 3600)
+        .mint();
+    let other_client = StoreKeySpec::new(Host::Purchase)
+        .client_id("11111111-2222-4333-8444-555555555555")
+        .mint();
+    let collections = collections_key("alice");
+    let valid = purchase_key("alice");
+    let cases = [
+        ("no token", "", valid.as_str(), "PartnerAadTicketRequired"),
+        (
+            "collections key",
+            token.as_str(),
+            collections.as_str(),
+            "AuthenticationTokenInvalid",
+        ),
+        (
+            "expired key",
+            token.as_str(),
+            expired.as_str(),
+            "AuthenticationTokenInvalid",
+        ),
+        (
+            "other client",
+            token.as_str(),
+            other_client.as_str(),
+            "InconsistentClientId",
+        ),
+    ];
+    for (case, bearer, key, inner) in cases {
+        for (endpoint, answer) in each_purchase_endpoint(&endpoints, bearer, key, None).await {
+            answer.assert_unauthorized(inner, &format!("{endpoint}, {case}"));
+            assert!(
+                !answer.body.contains(key),
+                "{endpoint}, {case}: the key is echoed"
+            );
+        }
+    }
+    let missing_key = orders_query(&endpoints, &token, &json!({})).await;
+    assert_invalid_parameter(&missing_key, "b2bKey", "no b2bKey");
+}
+
+#[tokio::test]
+async fn magic_ids_fail_the_purchase_endpoints_on_purpose() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let fgrl = "The rate limit of 200 operations in 300 seconds has been exceeded for aspect {userId; publisherId}.";
+    for magic in [magic::MAGIC_400, magic::MAGIC_429, magic::MAGIC_503] {
+        // Grant and change carry it in the product id and the path; the queries in the key.
+        let key = StoreKeySpec::new(Host::Purchase).payload(magic).mint();
+        let answers = each_purchase_endpoint(&endpoints, &token, &key, Some(magic)).await;
+        for ((endpoint, answer), field) in
+            answers
+                .into_iter()
+                .zip(["productId", "b2bKey", "recurrenceId", "b2bKey"])
+        {
+            answer.assert_store_ids();
+            match magic {
+                magic::MAGIC_400 => assert_invalid_parameter(&answer, field, endpoint),
+                magic::MAGIC_429 => {
+                    assert_eq!(answer.status, 429, "{endpoint}: {}", answer.body);
+                    assert_eq!(answer.header("retry-after"), "30");
+                    assert_eq!(answer.json()["message"], fgrl);
+                }
+                _ => assert_eq!(answer.status, 503, "{endpoint}: {}", answer.body),
+            }
+        }
+    }
+    let key = purchase_key("slow");
+    let buyer = Buyer::new(&endpoints, &token, &key);
+    let slow = grant(
+        &endpoints,
+        &token,
+        &grant_body(&key, "MAGIC-SLOW-10", &order_id(1)),
+    )
+    .await;
+    assert_eq!(slow.status, 200, "{}", slow.body);
+    assert_eq!(
+        slow.json()["orderLineItems"][0]["productId"],
+        "9NSANDBOXFRD"
+    );
+    let slow = buyer.change("MAGIC-SLOW-10", "ToggleAutoRenew", None).await;
+    assert_eq!(slow.status, 200, "{}", slow.body);
+    assert_eq!(slow.json()["productId"], "9NSANDBOXPAS");
+    let answer = recurrences_query(&endpoints, &token, &json!({"b2bKey": StoreKeySpec::new(Host::Purchase).payload(magic::MAGIC_401_INCONSISTENT_CLIENT_ID).mint()})).await;
+    answer.assert_unauthorized("InconsistentClientId", "magic 401");
+}
+
+#[tokio::test]
+async fn purchase_operations_count_in_the_users_rate_limit() {
+    use msstore_facade::emulator::RATE_LIMIT_OPERATIONS;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let key = purchase_key("busy-buyer");
+    let body = json!({"b2bKey": key});
+    for n in 0..RATE_LIMIT_OPERATIONS - 1 {
+        let answer = orders_query(&endpoints, &token, &body).await;
+        assert_eq!(answer.status, 200, "operation {n}: {}", answer.body);
+    }
+    let query = query(
+        &endpoints,
+        &token,
+        &query_body(&collections_key("busy-buyer"), &["9NSANDBOXGME"], json!({})),
+    )
+    .await;
+    assert_eq!(
+        query.status, 200,
+        "collections operations count too: {}",
+        query.body
+    );
+    for (endpoint, answer) in each_purchase_endpoint(&endpoints, &token, &key, None).await {
+        assert_eq!(answer.status, 429, "{endpoint}: {}", answer.body);
+        assert!(answer.header("retry-after").parse::<u64>().is_ok());
+    }
+}

@@ -21,6 +21,21 @@
 //! bundle), the developer-managed consumable, the game (through the pass), the application,
 //! the bundle, the promotional durable, `MAGIC-RESET-AFTER-COMMIT`. Each duplicate comes at
 //! least two items after its first copy, so pages of two put the copies on different pages.
+//!
+//! Grant (`POST /purchase/v7.0/purchases/grant`) knows three offers, which no user owns until
+//! granted: then they follow the 11 items above, one item per product.
+//!
+//! | product id | constant | kind | price |
+//! |---|---|---|---|
+//! | `9NSANDBOXFRD` | [`SANDBOX_FREE_DURABLE`] | `Durable` | free |
+//! | `9NSANDBOXFRC` | [`SANDBOX_FREE_CONSUMABLE`] | `Consumable` | free |
+//! | `9NSANDBOXPAY` | [`SANDBOX_PRICED_DURABLE`] | `Durable` | 4.99 USD: grant refuses it |
+//!
+//! Every user has seven subscriptions (`POST /purchase/v8.0/b2b/recurrences/query`):
+//! [`SANDBOX_PASS`] `Active`, [`SANDBOX_SUB_DUNNING`] `InDunning`, [`SANDBOX_SUB_CANCELED`]
+//! `Canceled`, [`SANDBOX_SUB_INACTIVE`] `Inactive`, [`SANDBOX_SUB_FAILED`] `Failed`,
+//! [`SANDBOX_SUB_NONE`] `None` and [`SANDBOX_SUB_TRIAL`] `Active` in trial. Only the pass is in
+//! the collections listing.
 
 use serde_json::{json, Value};
 
@@ -43,6 +58,25 @@ pub const SANDBOX_APP_TRIAL: &str = "9NSANDBOXAPP";
 pub const SANDBOX_BUNDLE: &str = "9NSANDBOXBDL";
 /// A durable granted by a promotion (`acquisitionType` `Conditional`).
 pub const SANDBOX_PROMO: &str = "9NSANDBOXPRM";
+/// A free durable: no user owns it until a grant gives it.
+pub const SANDBOX_FREE_DURABLE: &str = "9NSANDBOXFRD";
+/// A free store-managed consumable: no user owns it until a grant gives it.
+pub const SANDBOX_FREE_CONSUMABLE: &str = "9NSANDBOXFRC";
+/// A durable that costs money and that no user owns: grant refuses it as not free.
+pub const SANDBOX_PRICED_DURABLE: &str = "9NSANDBOXPAY";
+/// A subscription every user has, `InDunning` (payment failing, in its grace period).
+pub const SANDBOX_SUB_DUNNING: &str = "9NSANDBOXSDN";
+/// A subscription every user has, `Canceled`.
+pub const SANDBOX_SUB_CANCELED: &str = "9NSANDBOXSCN";
+/// A subscription every user has, `Inactive`.
+pub const SANDBOX_SUB_INACTIVE: &str = "9NSANDBOXSIN";
+/// A subscription every user has, `Failed`.
+pub const SANDBOX_SUB_FAILED: &str = "9NSANDBOXSFL";
+/// A subscription every user has, in state `None`.
+pub const SANDBOX_SUB_NONE: &str = "9NSANDBOXSNO";
+/// A subscription every user has, `Active` in its trial (`isTrial`); its recurrence change
+/// answers `{"items": [recurrence]}` rather than the bare recurrence.
+pub const SANDBOX_SUB_TRIAL: &str = "9NSANDBOXSTR";
 /// The SKU of every catalog product.
 pub const SANDBOX_SKU: &str = "0010";
 
@@ -71,7 +105,7 @@ const TRIAL_TIME_REMAINING: &str = "6.23:59:59.1234567";
 const PURCHASE_SPREAD_DAYS: u64 = 600;
 const JAN_1_2024: i64 = 1_704_067_200;
 /// How long a subscription runs from its purchase.
-const SUBSCRIPTION_DAYS: i64 = 5 * 365;
+pub(super) const SUBSCRIPTION_DAYS: i64 = 5 * 365;
 
 /// `productKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +119,7 @@ pub(super) enum ProductKind {
 }
 
 impl ProductKind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Game => "Game",
             Self::Application => "Application",
@@ -221,6 +255,143 @@ pub(super) fn product(product_id: &str) -> Option<(&'static str, ProductKind)> {
         .map(|g| (g.product_id, g.kind))
 }
 
+/// When `user` bought `product` from `source` (`Direct`, ...): between 2024-01-01 and 600 days
+/// later, in seconds since the Unix epoch.
+pub(super) fn acquired_at(user: &str, product: &str, source: &str) -> i64 {
+    let hash = fnv1a(&["acquired", user, product, source], 0);
+    let seconds = hash % (PURCHASE_SPREAD_DAYS * 86_400);
+    JAN_1_2024 + i64::try_from(seconds).unwrap_or(0)
+}
+
+/// The recurrence (subscription) id of `user`'s subscription to `product`:
+/// `mdr:0:<32 hex digits>:<productId>`, stable per user and product.
+pub(super) fn recurrence_id(user: &str, product: &str) -> String {
+    let high = fnv1a(&["recurrence", user, product], 0);
+    let low = fnv1a(&["recurrence", user, product], 1);
+    format!("mdr:0:{high:016x}{low:016x}:{product}")
+}
+
+/// A product of the catalog with a price: what grant looks at.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Offer {
+    pub(super) product_id: &'static str,
+    pub(super) kind: ProductKind,
+    /// The list price in [`OFFER_CURRENCY`]; grant gives only products whose price is 0.
+    pub(super) list_price: f64,
+    pub(super) title: &'static str,
+}
+
+/// The currency of every [`Offer`].
+pub(super) const OFFER_CURRENCY: &str = "USD";
+
+/// The offers grant knows: two free products and one priced one. Every other catalog product
+/// counts as priced too.
+pub(super) const OFFERS: [Offer; 3] = [
+    Offer {
+        product_id: SANDBOX_FREE_DURABLE,
+        kind: ProductKind::Durable,
+        list_price: 0.0,
+        title: "Sandbox free durable",
+    },
+    Offer {
+        product_id: SANDBOX_FREE_CONSUMABLE,
+        kind: ProductKind::Consumable,
+        list_price: 0.0,
+        title: "Sandbox free consumable",
+    },
+    Offer {
+        product_id: SANDBOX_PRICED_DURABLE,
+        kind: ProductKind::Durable,
+        list_price: 4.99,
+        title: "Sandbox priced durable",
+    },
+];
+
+/// The offer of `product_id` (compared without regard to ASCII case).
+pub(super) fn offer(product_id: &str) -> Option<&'static Offer> {
+    OFFERS
+        .iter()
+        .find(|o| o.product_id.eq_ignore_ascii_case(product_id))
+}
+
+/// The item the collections query lists for `offer` once granted to `user` ([`super::grant`]):
+/// a direct purchase, `Active`, acquired at the first grant, whose `transactionId` is that
+/// grant's `orderId`.
+pub(super) fn granted_item(
+    user: &str,
+    offer: &Offer,
+    first_order_id: &str,
+    granted_at: i64,
+    quantity: i64,
+) -> Value {
+    let mut item = grant(offer.product_id, offer.kind).item(user, quantity);
+    for field in ["acquiredDate", "modifiedDate", "startDate"] {
+        item[field] = store_timestamp(granted_at).into();
+    }
+    item["transactionId"] = first_order_id.into();
+    item
+}
+
+/// `recurrenceState`. `Inactive`, `Canceled` and `Failed` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RecurrenceState {
+    None,
+    Active,
+    Inactive,
+    Canceled,
+    InDunning,
+    Failed,
+}
+
+impl RecurrenceState {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "None",
+            Self::Active => "Active",
+            Self::Inactive => "Inactive",
+            Self::Canceled => "Canceled",
+            Self::InDunning => "InDunning",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// Whether no change but turning auto-renew off applies any more.
+    pub(super) fn is_terminal(self) -> bool {
+        matches!(self, Self::Inactive | Self::Canceled | Self::Failed)
+    }
+}
+
+/// A subscription every sandbox user has, in the state it starts in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Subscription {
+    pub(super) product_id: &'static str,
+    pub(super) state: RecurrenceState,
+    pub(super) is_trial: bool,
+}
+
+const fn subscription(product_id: &'static str, state: RecurrenceState) -> Subscription {
+    Subscription {
+        product_id,
+        state,
+        is_trial: false,
+    }
+}
+
+/// Every user's subscriptions, in the order the recurrences query lists them: one in each
+/// state, and one in trial.
+pub(super) const SUBSCRIPTIONS: [Subscription; 7] = [
+    subscription(SANDBOX_PASS, RecurrenceState::Active),
+    subscription(SANDBOX_SUB_DUNNING, RecurrenceState::InDunning),
+    subscription(SANDBOX_SUB_CANCELED, RecurrenceState::Canceled),
+    subscription(SANDBOX_SUB_INACTIVE, RecurrenceState::Inactive),
+    subscription(SANDBOX_SUB_FAILED, RecurrenceState::Failed),
+    subscription(SANDBOX_SUB_NONE, RecurrenceState::None),
+    Subscription {
+        is_trial: true,
+        ..subscription(SANDBOX_SUB_TRIAL, RecurrenceState::Active)
+    },
+];
+
 /// The balance a store-managed consumable starts with for `user`.
 pub(super) fn starting_balance(user: &str, product_id: &str) -> i64 {
     let spread = fnv1a(&["balance", user, product_id], 0) % 10;
@@ -253,18 +424,12 @@ impl Grant {
     /// When `user` bought what grants this, in seconds since the Unix epoch.
     fn acquired(&self, user: &str) -> i64 {
         let (product, source) = self.purchased();
-        let tag = format!("{source:?}");
-        let hash = fnv1a(&["acquired", user, product, &tag], 0);
-        let seconds = hash % (PURCHASE_SPREAD_DAYS * 86_400);
-        JAN_1_2024 + i64::try_from(seconds).unwrap_or(0)
+        acquired_at(user, product, &format!("{source:?}"))
     }
 
     /// The subscription id of the pass that grants this (or of this pass).
     fn recurrence_id(&self, user: &str) -> String {
-        let pass = self.satisfied_by.unwrap_or(self.product_id);
-        let high = fnv1a(&["recurrence", user, pass], 0);
-        let low = fnv1a(&["recurrence", user, pass], 1);
-        format!("mdr:0:{high:016x}{low:016x}:{pass}")
+        recurrence_id(user, self.satisfied_by.unwrap_or(self.product_id))
     }
 
     /// The item the collections query lists for `user`, with `quantity`.

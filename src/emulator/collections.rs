@@ -1,17 +1,14 @@
 //! The collections query, `POST /collections/v9.0/collections/publisherQuery` (also spelled
 //! `PublisherQuery`, as Microsoft's library does), over the [`catalog`](super::catalog) every
-//! sandbox user owns; and what it shares with consume ([`super::consume`]): the JSON body read
-//! field by field, the beneficiary, the credentials and the rate limit.
+//! sandbox user owns (and the free products granted to the user, [`super::grant`]); and the
+//! beneficiary it shares with consume ([`super::consume`]).
 //!
-//! Every request goes through, in order: `Content-Type: application/json` (else 415); the body
-//! (400 `InvalidParameter` naming the first bad field); magic ids in the products; the bearer
-//! token (401 `PartnerAadTicketRequired` without one, `AuthenticationTokenInvalid` for a bad or
-//! key-creation one); the beneficiary's UserCollectionsId key (401 `AuthenticationTokenInvalid`
-//! when not an unexpired collections key of this emulator, `InconsistentClientId` when its
-//! `clientId` is not the token's `appid`); the rate limit ([`super::fgrl`], 429).
+//! Every request goes through [`super::b2b::admit`]: content type, body, magic ids in the
+//! products, the bearer token, the beneficiary's UserCollectionsId key (a purchase key is 401
+//! `AuthenticationTokenInvalid`), the rate limit.
 //!
 //! The query then lists the items of the requested products (a `skuId`, when given, must match
-//! too; products outside the catalog are simply not owned), `Valid` keeping `Active` items and
+//! too; products outside the catalog are simply not owned, unless granted), `Valid` keeping `Active` items and
 //! `Invalid` the others. A page holds at most `maxPageSize` items (default 100, at most 200);
 //! `continuationToken` comes back only when more follow. The token is base64 of
 //! `{"checkSatisfactionIndex": offset, "query": hash}`, the hash covering the user, the
@@ -26,22 +23,20 @@
 //! trialData` (one item carries `recurrenceId` in place of `recurrenceData`).
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
+use super::b2b::{
+    admit, continuation_token, page_answer, page_offset, BadField, JsonBody, StoreRequest,
+    StoreUser,
+};
 use super::catalog::{self, Grant, ProductKind, Status, GRANTS};
-use super::clock::{fnv1a, now};
+use super::clock::fnv1a;
 use super::connection::ConnectionControl;
-use super::entra::bearer_ticket;
-use super::keys::{check_key, key_claim};
-use super::magic::Magic;
-use super::{fgrl, host_prefix, store_answer, EmulatorState};
+use super::{host_prefix, EmulatorState};
 use crate::upstream::Host;
 
 /// The most `productSkuIds` one query may name.
@@ -63,54 +58,6 @@ pub(super) fn routes() -> axum::Router<EmulatorState> {
             &format!("{prefix}/v9.0/collections/PublisherQuery"),
             axum::routing::post(publisher_query),
         )
-}
-
-/// A request field that is missing or wrong: the 400 `InvalidParameter` naming it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct BadField {
-    pub(super) field: &'static str,
-    pub(super) detail: &'static str,
-}
-
-impl BadField {
-    pub(super) fn new(field: &'static str, detail: &'static str) -> Self {
-        Self { field, detail }
-    }
-
-    pub(super) fn answer(&self, request: &HeaderMap) -> Response {
-        store_answer::invalid_parameter(request, self.field, self.detail)
-    }
-}
-
-/// A JSON body read field by field, so that a refusal names the field and never echoes what
-/// it holds (a key may sit anywhere).
-pub(super) struct JsonBody(Map<String, Value>);
-
-impl JsonBody {
-    pub(super) fn parse(body: &[u8]) -> Result<Self, BadField> {
-        match serde_json::from_slice(body) {
-            Ok(Value::Object(fields)) => Ok(Self(fields)),
-            _ => Err(BadField::new("body", "The body must be a JSON object.")),
-        }
-    }
-
-    /// `name`, absent or `null` being `None`.
-    pub(super) fn optional<T: DeserializeOwned>(
-        &self,
-        name: &'static str,
-    ) -> Result<Option<T>, BadField> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => T::deserialize(value)
-                .map(Some)
-                .map_err(|_| BadField::new(name, "The parameter has the wrong type.")),
-        }
-    }
-
-    pub(super) fn required<T: DeserializeOwned>(&self, name: &'static str) -> Result<T, BadField> {
-        self.optional(name)?
-            .ok_or_else(|| BadField::new(name, "The parameter is required."))
-    }
 }
 
 /// A `UserIdentity` (store-services-apis.md 1.3).
@@ -146,48 +93,6 @@ pub(super) fn beneficiary_key(
         .identity_value
         .filter(|key| !key.trim().is_empty())
         .ok_or_else(|| BadField::new(field, "identityValue (a UserCollectionsId) is required."))
-}
-
-/// Who a request acts for: the key's `userId` and the application that holds the key.
-#[derive(Debug, Clone)]
-pub(super) struct StoreUser {
-    pub(super) user_id: String,
-    pub(super) client_id: String,
-}
-
-/// Checks the bearer token, the beneficiary's key and the rate limit; one operation is
-/// counted when all pass.
-fn authorize(
-    state: &EmulatorState,
-    request: &HeaderMap,
-    key: &str,
-) -> Result<StoreUser, Box<Response>> {
-    let ticket = bearer_ticket(request)?;
-    let claims = check_key(Host::Collections, key, &ticket.appid)
-        .map_err(|(inner, detail)| Box::new(store_answer::unauthorized(request, inner, detail)))?;
-    let user = StoreUser {
-        user_id: key_claim(&claims, "userId").unwrap_or_default().to_owned(),
-        client_id: ticket.appid,
-    };
-    state
-        .rate_limiter
-        .admit(&user.user_id, &user.client_id, now())
-        .map_err(|retry_after| Box::new(fgrl::throttled(request, retry_after)))?;
-    Ok(user)
-}
-
-/// The answer of the first magic id among `ids`, if one fails on purpose (`parameter` names
-/// where it was; a 429 says the rate limiter's text).
-async fn magic_answer<'a>(
-    ids: impl IntoIterator<Item = &'a str>,
-    parameter: &str,
-    request: &HeaderMap,
-    connection: &ConnectionControl,
-) -> Option<Response> {
-    let magic = ids.into_iter().find_map(Magic::parse)?;
-    magic
-        .apply_throttling_as(request, parameter, connection, &fgrl::message())
-        .await
 }
 
 /// One entry of `productSkuIds`.
@@ -269,14 +174,14 @@ impl PublisherQuery {
         })
     }
 
-    fn wants(&self, grant: &Grant) -> bool {
+    fn wants(&self, product_id: &str, status: Status) -> bool {
         self.products.iter().any(|wanted| {
-            wanted.product_id.eq_ignore_ascii_case(grant.product_id)
+            wanted.product_id.eq_ignore_ascii_case(product_id)
                 && wanted
                     .sku_id
                     .as_deref()
                     .is_none_or(|sku| sku == catalog::SANDBOX_SKU)
-        }) && self.validity.admits(grant.status)
+        }) && self.validity.admits(status)
     }
 
     /// What a continuation token is bound to: the user, the application, the products and
@@ -299,32 +204,6 @@ impl PublisherQuery {
     }
 }
 
-/// The token of the page that starts at `offset`.
-fn continuation_token(offset: usize, fingerprint: &str) -> String {
-    let text = json!({"checkSatisfactionIndex": offset, "query": fingerprint}).to_string();
-    STANDARD.encode(text)
-}
-
-/// Where the page of `token` starts, if the token belongs to this query.
-fn page_offset(token: &str, fingerprint: &str, listed: usize) -> Result<usize, BadField> {
-    let refused = || {
-        BadField::new(
-            "continuationToken",
-            "The continuation token is invalid or belongs to another query.",
-        )
-    };
-    let bytes = STANDARD.decode(token.trim()).map_err(|_| refused())?;
-    let parsed: Value = serde_json::from_slice(&bytes).map_err(|_| refused())?;
-    let offset = parsed["checkSatisfactionIndex"]
-        .as_u64()
-        .and_then(|o| usize::try_from(o).ok())
-        .filter(|o| (1..listed).contains(o));
-    match offset {
-        Some(offset) if parsed["query"] == fingerprint => Ok(offset),
-        _ => Err(refused()),
-    }
-}
-
 /// Keeps, of each (productId, skuId) on the page, the copy the documented priority prefers.
 fn without_duplicates<'g>(page: &[&'g Grant]) -> Vec<&'g Grant> {
     page.iter()
@@ -340,44 +219,11 @@ fn without_duplicates<'g>(page: &[&'g Grant]) -> Vec<&'g Grant> {
         .collect()
 }
 
-/// A request body of a collections operation.
-pub(super) trait CollectionsRequest: Sized {
-    /// The parameter a magic id is named by when it fails the request.
-    const MAGIC_PARAMETER: &'static str;
-    /// Reads the body, or names the first bad field.
-    fn parse(body: &[u8]) -> Result<Self, BadField>;
-    /// The product ids that may be magic.
-    fn product_ids(&self) -> Vec<&str>;
-    /// The beneficiary's UserCollectionsId.
-    fn key(&self) -> &str;
-}
-
-/// What both operations check first, in order: the content type, the body, magic ids, then
-/// [`authorize`]. The request and its user, or the answer that ends the exchange.
-pub(super) async fn admit<R: CollectionsRequest>(
-    state: &EmulatorState,
-    connection: &ConnectionControl,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(R, StoreUser), Response> {
-    store_answer::require_json(headers).map_err(|refusal| *refusal)?;
-    let request = R::parse(body).map_err(|bad| bad.answer(headers))?;
-    let ids = request.product_ids();
-    if let Some(answer) = magic_answer(ids, R::MAGIC_PARAMETER, headers, connection).await {
-        return Err(answer);
-    }
-    let user = authorize(state, headers, request.key()).map_err(|refusal| *refusal)?;
-    Ok((request, user))
-}
-
-impl CollectionsRequest for PublisherQuery {
+impl StoreRequest for PublisherQuery {
+    const HOST: Host = Host::Collections;
     const MAGIC_PARAMETER: &'static str = "productSkuIds";
 
-    fn parse(body: &[u8]) -> Result<Self, BadField> {
-        Self::parse_body(body)
-    }
-
-    fn product_ids(&self) -> Vec<&str> {
+    fn magic_ids(&self) -> Vec<&str> {
         self.products
             .iter()
             .map(|p| p.product_id.as_str())
@@ -396,7 +242,8 @@ async fn publisher_query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match admit::<PublisherQuery>(&state, &connection, &headers, &body).await {
+    let parsed = PublisherQuery::parse_body(&body);
+    match admit(&state, &connection, &headers, parsed).await {
         Ok((query, user)) => {
             answer_query(&state, &headers, &query, &user).unwrap_or_else(|bad| bad.answer(&headers))
         }
@@ -404,25 +251,37 @@ async fn publisher_query(
     }
 }
 
-/// The page `query` asks for, or a bad continuation token.
+/// The page `query` asks for, or a bad continuation token. The catalog's items come first,
+/// then the products granted to the user, which are never duplicates of catalog items.
 fn answer_query(
     state: &EmulatorState,
     headers: &HeaderMap,
     query: &PublisherQuery,
     user: &StoreUser,
 ) -> Result<Response, BadField> {
-    let listed: Vec<&Grant> = GRANTS.iter().filter(|g| query.wants(g)).collect();
+    let listed: Vec<&Grant> = GRANTS
+        .iter()
+        .filter(|g| query.wants(g.product_id, g.status))
+        .collect();
+    let granted: Vec<Value> = state
+        .grants
+        .owned_by(&user.user_id)
+        .iter()
+        .filter(|owned| query.wants(owned.product_id(), Status::Active))
+        .map(|owned| owned.item(&user.user_id))
+        .collect();
+    let total = listed.len() + granted.len();
     let fingerprint = query.fingerprint(user);
     let offset = match &query.continuation_token {
-        Some(token) => page_offset(token, &fingerprint, listed.len())?,
+        Some(token) => page_offset(token, &fingerprint, total)?,
         None => 0,
     };
-    let end = listed.len().min(offset + query.page_size);
-    let mut page = listed[offset..end].to_vec();
+    let end = total.min(offset + query.page_size);
+    let mut page = listed[offset.min(listed.len())..end.min(listed.len())].to_vec();
     if query.exclude_duplicates {
         page = without_duplicates(&page);
     }
-    let items: Vec<Value> = page
+    let mut items: Vec<Value> = page
         .iter()
         .map(|grant| {
             let quantity = match grant.kind {
@@ -432,15 +291,18 @@ fn answer_query(
             grant.item(&user.user_id, quantity)
         })
         .collect();
-    let mut answer = json!({ "items": items });
-    if end < listed.len() {
-        answer["continuationToken"] = continuation_token(end, &fingerprint).into();
-    }
-    Ok(store_answer::json_answer(StatusCode::OK, headers, &answer))
+    let catalog_items = listed.len();
+    items.extend_from_slice(
+        &granted[offset.saturating_sub(catalog_items)..end.saturating_sub(catalog_items)],
+    );
+    let next = (end < total).then(|| continuation_token(end, &fingerprint));
+    Ok(page_answer(headers, items, next))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -454,21 +316,6 @@ mod tests {
             .unwrap();
         // A direct purchase outranks a subscription, even revoked (GDK22).
         assert_eq!(game.status, Status::Revoked);
-    }
-
-    #[test]
-    fn continuation_tokens_belong_to_one_query() {
-        let token = continuation_token(2, "abc");
-        assert_eq!(page_offset(&token, "abc", 5), Ok(2));
-        for (token, fingerprint, listed) in [
-            (token.as_str(), "abd", 5),
-            (token.as_str(), "abc", 2),
-            ("not base64!", "abc", 5),
-            ("e30=", "abc", 5),
-        ] {
-            let refused = page_offset(token, fingerprint, listed).unwrap_err();
-            assert_eq!(refused.field, "continuationToken");
-        }
     }
 
     #[test]

@@ -34,11 +34,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::b2b::{admit, BadField, JsonBody, StoreRequest, StoreUser};
 use super::catalog::{self, ProductKind, MAGIC_RESET_AFTER_COMMIT};
 use super::clock::guid_for;
-use super::collections::{
-    admit, beneficiary_key, BadField, CollectionsRequest, JsonBody, StoreUser,
-};
+use super::collections::beneficiary_key;
 use super::connection::ConnectionControl;
 use super::magic::Magic;
 use super::{host_prefix, store_answer, EmulatorState};
@@ -254,14 +253,11 @@ impl Ledger {
     }
 }
 
-impl CollectionsRequest for ConsumeRequest {
+impl StoreRequest for ConsumeRequest {
+    const HOST: Host = Host::Collections;
     const MAGIC_PARAMETER: &'static str = "productId";
 
-    fn parse(body: &[u8]) -> Result<Self, BadField> {
-        Self::parse_body(body)
-    }
-
-    fn product_ids(&self) -> Vec<&str> {
+    fn magic_ids(&self) -> Vec<&str> {
         vec![&self.product_id]
     }
 
@@ -277,7 +273,8 @@ async fn consume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match admit::<ConsumeRequest>(&state, &connection, &headers, &body).await {
+    let parsed = ConsumeRequest::parse_body(&body);
+    match admit(&state, &connection, &headers, parsed).await {
         Ok((request, user)) => answer_consume(&state, &connection, &headers, &request, &user)
             .await
             .unwrap_or_else(|refusal| refusal),

@@ -1,7 +1,9 @@
 //! Magic ids: values that make the emulator fail on purpose, so every error path of a client
 //! can be reached on demand. For offline licenses the product id is the magic value; for key
-//! renewal it is the key's `payload` claim (`msstore-facade sandbox-key --magic ...`); for the
-//! collections query it is a `productId` in `productSkuIds`, for consume the `productId`.
+//! renewal, the recurrences query and the orders query it is the key's `payload` claim
+//! (`msstore-facade sandbox-key --magic ...`; `MAGIC-400` names `key`, respectively `b2bKey`);
+//! for the collections query it is a `productId` in `productSkuIds`, for consume and grant the
+//! `productId`, for a recurrence change the `recurrenceId` path segment.
 //!
 //! [`MAGIC_RESET_AFTER_COMMIT`] is different: not a failure [`Magic::parse`] knows, but a
 //! product of the sandbox catalog whose consume does its work and then loses the answer

@@ -10,13 +10,15 @@
 //! | `/login` | the Entra authority: `POST /login/{tenant}/oauth2/v2.0/token` |
 //! | `/bspmts` | Store for Business: `POST /bspmts/V1/Products/{p}/{s}/OfflineLicense/{c}` |
 //! | `/collections` | `POST /collections/v6.0/b2b/keys/renew`, `POST /collections/v9.0/collections/publisherQuery`, `POST /collections/v8.0/collections/consume` |
-//! | `/purchase` | `POST /purchase/v6.0/b2b/keys/renew` |
+//! | `/purchase` | `POST /purchase/v6.0/b2b/keys/renew`, `POST /purchase/v7.0/purchases/grant` (or `v6.0`), `POST /purchase/v8.0/b2b/recurrences/query`, `POST /purchase/v8.0/b2b/recurrences/{recurrenceId}/change`, `POST /purchase/v8.0/b2b/orders/query` |
 //!
 //! The sandbox application ([`SANDBOX_CLIENT_ID`], [`SANDBOX_CLIENT_SECRET`]) is the only
 //! registered client; any tenant is accepted. [`magic`] ids make it fail on purpose. Every
-//! sandbox user owns the [`catalog`]; consumable balances and the rate limit's counts live in
-//! the emulator's memory, from start to stop.
+//! sandbox user owns the [`catalog`] and has its subscriptions and seed orders; consumable
+//! balances, granted products, recurrence changes and the rate limit's counts live in the
+//! emulator's memory, from start to stop.
 
+mod b2b;
 mod business_store;
 pub mod catalog;
 mod cli;
@@ -26,9 +28,12 @@ mod connection;
 mod consume;
 mod entra;
 mod fgrl;
+mod grant;
 mod jwt;
 mod keys;
 pub mod magic;
+mod orders;
+mod recurrences;
 mod store_answer;
 
 use std::future::Future;
@@ -52,6 +57,8 @@ pub use collections::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PRODUCT_SKU_IDS};
 pub use fgrl::{RATE_LIMIT_OPERATIONS, RATE_LIMIT_WINDOW_SECONDS};
 pub use keys::{StoreKeySpec, KEY_LIFETIME, SANDBOX_USER_ID};
 pub use magic::Magic;
+pub use orders::{ORDERS_PAGE_SIZE, SEED_ORDERS};
+pub use recurrences::DEFAULT_RECURRENCE_PAGE_SIZE;
 
 use crate::config::SandboxUpstreams;
 use crate::upstream::Host;
@@ -155,8 +162,12 @@ struct EmulatorState {
     refresh_base: Arc<Url>,
     /// Consumable balances and committed consumes.
     ledger: Arc<consume::Ledger>,
-    /// The Store's per-user rate limit on the collections operations.
+    /// The Store's per-user rate limit on the collections and purchase operations.
     rate_limiter: Arc<fgrl::RateLimiter>,
+    /// The orders of granted free products.
+    grants: Arc<grant::GrantBook>,
+    /// Changed recurrences and refunds.
+    recurrences: Arc<recurrences::RecurrenceBook>,
 }
 
 impl Emulator {
@@ -191,6 +202,8 @@ impl Emulator {
             refresh_base: Arc::new(self.endpoints.base_url()),
             ledger: Arc::default(),
             rate_limiter: Arc::default(),
+            grants: Arc::default(),
+            recurrences: Arc::default(),
         };
         let app = router(state).into_make_service_with_connect_info::<ConnectionControl>();
         axum::serve(ResettableListener(self.listener), app)
@@ -257,6 +270,9 @@ fn router(state: EmulatorState) -> Router {
         .merge(keys::routes())
         .merge(collections::routes())
         .merge(consume::routes())
+        .merge(grant::routes())
+        .merge(recurrences::routes())
+        .merge(orders::routes())
         .layer(middleware::from_fn(log_exchange))
         .with_state(state)
 }
@@ -291,5 +307,9 @@ async fn about() -> &'static str {
         "POST /collections/v9.0/collections/publisherQuery\n",
         "POST /collections/v8.0/collections/consume\n",
         "POST /purchase/v6.0/b2b/keys/renew\n",
+        "POST /purchase/v7.0/purchases/grant\n",
+        "POST /purchase/v8.0/b2b/recurrences/query\n",
+        "POST /purchase/v8.0/b2b/recurrences/{recurrenceId}/change\n",
+        "POST /purchase/v8.0/b2b/orders/query\n",
     )
 }
