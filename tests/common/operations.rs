@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use msstore_facade::api::StoreOperation;
-use msstore_facade::emulator::catalog::{SANDBOX_CONSUMABLE, SANDBOX_DURABLE};
+use msstore_facade::emulator::catalog::{
+    SANDBOX_CONSUMABLE, SANDBOX_DURABLE, SANDBOX_FREE_DURABLE,
+};
 use msstore_facade::emulator::StoreKeySpec;
 use msstore_facade::error::ErrorMapping;
 use msstore_facade::ops;
@@ -688,8 +690,7 @@ pub const CONSUME_PRODUCT: Op = Op {
     },
 };
 
-/// A free product every sandbox user may be granted, and its availability id.
-const SANDBOX_FREE_PRODUCT: &str = "9NSANDBOXFRE";
+/// The availability id the sandbox grants are made with (the emulator takes any).
 const SANDBOX_FREE_AVAILABILITY: &str = "9PSANDBOXAVL";
 
 /// A live purchase key of the harness's client id, issued `variant` seconds earlier than
@@ -852,7 +853,7 @@ pub const GRANT_FREE_PRODUCT: Op = Op {
     sandbox_call: |channel, magic, timeout| {
         let message = pb::GrantFreeProductRequest {
             user_key: sandbox_purchase_key(None),
-            product_id: magic.unwrap_or(SANDBOX_FREE_PRODUCT).to_owned(),
+            product_id: magic.unwrap_or(SANDBOX_FREE_DURABLE).to_owned(),
             sku_id: "0010".into(),
             availability_id: SANDBOX_FREE_AVAILABILITY.into(),
             language: "en-us".into(),
