@@ -262,7 +262,12 @@ impl StoreOperation for QueryCollections {
         let all_pages = query.all_pages;
         let mut merged = Merged::default();
         let walked = paging::list::<Self>(&backends, query, &attempts, all_pages, |page| {
-            merged.add(page.items);
+            // One page is answered as the Store sent it; duplicates across pages are dropped.
+            if all_pages {
+                merged.add(page.items);
+            } else {
+                merged.items.extend(page.items.into_iter().map(typed));
+            }
         })
         .await?;
         Ok(walked.map(|walked| response(merged.items, &walked, merged.dropped)))
