@@ -516,3 +516,136 @@ async fn python_callers_use_the_collections_rpcs_against_the_sandbox() {
         "{throttled:#}"
     );
 }
+
+/// The purchase RPCs from Python, against the sandbox emulator: a grant, subscriptions with
+/// their states by name, a change, orders, and each error class's details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_callers_use_the_purchase_rpcs_against_the_sandbox() {
+    use msstore_facade::emulator::catalog::{SANDBOX_FREE_DURABLE, SANDBOX_SUB_CANCELED};
+    use msstore_facade::emulator::StoreKeySpec;
+    use msstore_facade::upstream::Host;
+
+    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let emulator = start_emulator().await;
+    let facade = Facade::start(sandbox_settings(&emulator)).await;
+    let key = StoreKeySpec::new(Host::Purchase).user_id("py-buyer").mint();
+    let collections_key = StoreKeySpec::new(Host::Collections).mint();
+    let throttled_key = StoreKeySpec::new(Host::Purchase)
+        .payload("MAGIC-429")
+        .mint();
+    // The canceled subscription's id, as a caller would have it from a query.
+    let canceled_id = {
+        let page =
+            msstore_facade::proto::msstore::v1::store_purchases_client::StorePurchasesClient::new(
+                facade.channel.clone(),
+            )
+            .query_recurrences(
+                msstore_facade::proto::msstore::v1::QueryRecurrencesRequest {
+                    user_key: key.clone(),
+                    all_pages: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        page.items
+            .into_iter()
+            .find(|r| r.product_id == SANDBOX_SUB_CANCELED)
+            .expect("the canceled subscription")
+            .id
+    };
+
+    const GRANT: &str = "msstore.v1.StorePurchases/GrantFreeProduct";
+    const RECURRENCES: &str = "msstore.v1.StorePurchases/QueryRecurrences";
+    const CHANGE: &str = "msstore.v1.StorePurchases/ChangeRecurrence";
+    const ORDERS: &str = "msstore.v1.StorePurchases/QueryOrders";
+    let scenarios = json!([
+        {
+            "name": "grant", "method": GRANT,
+            "request": {"user_key": key, "product_id": SANDBOX_FREE_DURABLE, "sku_id": "0010",
+                        "availability_id": "9PSANDBOXAVL", "language": "en-us", "market": "us",
+                        "order_id": "8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d"},
+        },
+        {"name": "recurrences", "method": RECURRENCES,
+         "request": {"user_key": key, "all_pages": true}},
+        {
+            "name": "change_terminal", "method": CHANGE,
+            "request": {"user_key": key, "recurrence_id": canceled_id,
+                        "change_type": "CHANGE_TYPE_EXTEND", "extension_days": 3},
+        },
+        {
+            "name": "change_without_days", "method": CHANGE,
+            "request": {"user_key": key, "recurrence_id": canceled_id,
+                        "change_type": "CHANGE_TYPE_EXTEND"},
+        },
+        {"name": "orders", "method": ORDERS,
+         "request": {"user_key": key, "line_item_states": ["LINE_ITEM_STATE_REVOKED"]}},
+        {"name": "orders_collections_key", "method": ORDERS,
+         "request": {"user_key": collections_key}},
+        {"name": "orders_throttled", "method": ORDERS,
+         "request": {"user_key": throttled_key}, "timeout": 3},
+    ]);
+    let addr = facade.addr;
+    let results = tokio::task::spawn_blocking(move || run_client(&python, addr, &scenarios))
+        .await
+        .unwrap();
+    let result = |name: &str| &results[name];
+
+    let grant = result("grant");
+    assert_eq!(text(grant, "/code"), "OK", "{grant:#}");
+    assert_eq!(
+        text(grant, "/response/order_state"),
+        "ORDER_STATE_PURCHASED"
+    );
+    assert_eq!(
+        text(grant, "/response/line_items/0/product_id"),
+        SANDBOX_FREE_DURABLE
+    );
+
+    let recurrences = result("recurrences");
+    assert_eq!(text(recurrences, "/code"), "OK", "{recurrences:#}");
+    let states: Vec<&str> = recurrences["response"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["state"]
+                .as_str()
+                .unwrap_or("RECURRENCE_STATE_UNSPECIFIED")
+        })
+        .collect();
+    for state in [
+        "RECURRENCE_STATE_ACTIVE",
+        "RECURRENCE_STATE_IN_DUNNING",
+        "RECURRENCE_STATE_CANCELED",
+    ] {
+        assert!(states.contains(&state), "{state}: {states:?}");
+    }
+
+    let terminal = result("change_terminal");
+    assert_error(terminal, "FAILED_PRECONDITION", "127.0.0.1");
+    assert_eq!(text(terminal, "/error_info/metadata/http_status"), "409");
+    let no_days = result("change_without_days");
+    assert_error(no_days, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(strings(no_days, "/bad_request_fields"), ["extension_days"]);
+
+    let orders = result("orders");
+    assert_eq!(text(orders, "/code"), "OK", "{orders:#}");
+    for order in orders["response"]["items"].as_array().unwrap() {
+        for line in order["line_items"].as_array().unwrap() {
+            assert_eq!(line["state"], "LINE_ITEM_STATE_REVOKED", "{line}");
+        }
+    }
+    let mismatch = result("orders_collections_key");
+    assert_error(mismatch, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(text(mismatch, "/error_info/reason"), "KEY_TYPE_MISMATCH");
+    assert!(!mismatch.to_string().contains(&collections_key));
+    let throttled = result("orders_throttled");
+    assert_error(throttled, "RESOURCE_EXHAUSTED", "127.0.0.1");
+    assert_eq!(
+        throttled["retry_delay_seconds"],
+        json!(30.0),
+        "{throttled:#}"
+    );
+}
