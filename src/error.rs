@@ -45,7 +45,8 @@ pub enum Retries {
     Transient,
     /// [`Retries::Transient`], and an attempt whose answer was lost (the connection dropped
     /// or the attempt timed out after the request was sent): for reads, and for writes the
-    /// Store makes idempotent (ConsumeProduct by its tracking id).
+    /// Store makes idempotent (ConsumeProduct by its tracking id, GrantFreeProduct by its
+    /// order id).
     TransientAndLostAnswers,
     /// Only where the request certainly was not processed: connect errors, 429 with
     /// `Retry-After` and 503. Never after 408, 502, 504 or a lost answer: for writes that are

@@ -803,7 +803,7 @@ async fn items_are_typed_and_unknown_values_kept_as_text() {
             satisfied_by_product_ids: vec!["9NBUNDLE0001".into()],
             tags: vec!["tag-a".into(), "tag-b".into()],
             transaction_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
-            trial: Some(pb::TrialData {
+            trial_data: Some(pb::TrialData {
                 is_trial: true,
                 is_in_trial_period: true,
                 trial_time_remaining: Some(prost_types::Duration {
@@ -824,7 +824,7 @@ async fn items_are_typed_and_unknown_values_kept_as_text() {
     assert_eq!(other.acquisition_type_text, "Gifted");
     assert_eq!(other.quantity, 5);
     assert_eq!(other.subscription_id, "rec-2");
-    assert_eq!(other.trial, None);
+    assert_eq!(other.trial_data, None);
     assert_eq!(other.acquired_date, None);
 
     let kinds: Vec<pb::ProductKind> = items[2..].iter().map(|i| i.product_kind()).collect();
@@ -1401,4 +1401,40 @@ async fn a_page_token_only_continues_the_query_that_gave_it() {
         .await
         .expect("the same query with another page size");
     assert_eq!(requests_to(&h.collections, QUERY_PATH).await.len(), 2);
+}
+
+/// Answers every page with a token to a page never served before.
+struct Endless(std::sync::atomic::AtomicUsize);
+
+impl Respond for Endless {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        ResponseTemplate::new(200).set_body_json(json!({
+            "items": [item(&format!("item-{n}"), &format!("P{n}"), "0010", "Single", "Active")],
+            "continuationToken": format!("page-{}", n + 1),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn all_pages_stops_at_a_hundred_pages_with_a_token_to_go_on_from() {
+    let h = Harness::start().await;
+    Mock::given(method("POST"))
+        .and(path(QUERY_PATH))
+        .respond_with(Endless(Default::default()))
+        .mount(&h.collections)
+        .await;
+    let answer = client(&h.facade.channel)
+        .query_collections(pb::QueryCollectionsRequest {
+            all_pages: true,
+            ..query(&user_key())
+        })
+        .await
+        .expect("the pages gathered come back")
+        .into_inner();
+    assert_eq!(answer.pages, 100);
+    assert_eq!(answer.items.len(), 100);
+    assert!(!answer.complete);
+    assert!(!answer.next_page_token.is_empty());
+    assert_eq!(requests_to(&h.collections, QUERY_PATH).await.len(), 100);
 }

@@ -468,7 +468,10 @@ async fn python_callers_use_the_collections_rpcs_against_the_sandbox() {
     assert_eq!(trial["product_kind"], "PRODUCT_KIND_APPLICATION");
     assert_eq!(trial["status"], "ITEM_STATUS_ACTIVE");
     // Duration and Timestamp in proto JSON.
-    assert_eq!(trial["trial"]["trial_time_remaining"], "604799.123456700s");
+    assert_eq!(
+        trial["trial_data"]["trial_time_remaining"],
+        "604799.123456700s"
+    );
     assert!(text(trial, "/acquired_date").ends_with('Z'), "{trial:#}");
     let page = result("query_page");
     assert_eq!(page["response"]["items"].as_array().unwrap().len(), 3);
@@ -599,7 +602,7 @@ async fn python_callers_use_the_purchase_rpcs_against_the_sandbox() {
         "ORDER_STATE_PURCHASED"
     );
     assert_eq!(
-        text(grant, "/response/line_items/0/product_id"),
+        text(grant, "/response/order_line_items/0/product_id"),
         SANDBOX_FREE_DURABLE
     );
 
@@ -610,7 +613,7 @@ async fn python_callers_use_the_purchase_rpcs_against_the_sandbox() {
         .unwrap()
         .iter()
         .map(|r| {
-            r["state"]
+            r["recurrence_state"]
                 .as_str()
                 .unwrap_or("RECURRENCE_STATE_UNSPECIFIED")
         })
@@ -633,8 +636,8 @@ async fn python_callers_use_the_purchase_rpcs_against_the_sandbox() {
     let orders = result("orders");
     assert_eq!(text(orders, "/code"), "OK", "{orders:#}");
     for order in orders["response"]["items"].as_array().unwrap() {
-        for line in order["line_items"].as_array().unwrap() {
-            assert_eq!(line["state"], "LINE_ITEM_STATE_REVOKED", "{line}");
+        for line in order["order_line_items"].as_array().unwrap() {
+            assert_eq!(line["line_item_state"], "LINE_ITEM_STATE_REVOKED", "{line}");
         }
     }
     let mismatch = result("orders_collections_key");

@@ -92,7 +92,7 @@ async fn grant_sends_the_documented_order_and_maps_the_answer() {
     assert_eq!(order.order_state_text, "Purchased");
     assert_eq!(order.currency_code, "USD");
     assert!(order.created_time.is_some());
-    let line = &order.line_items[0];
+    let line = &order.order_line_items[0];
     assert_eq!(line.product_id, "9NFREEPRODUCT");
     assert_eq!(line.fulfillment_state, "Fulfilled");
     assert_eq!(line.beneficiary_id, "user-1");
@@ -202,7 +202,7 @@ async fn a_change_puts_the_recurrence_id_in_its_own_segment_and_reads_both_answe
             .unwrap_or_else(|status| panic!("{change_type:?}: {status:?}"))
             .into_inner();
         assert_eq!(changed.id, id);
-        assert_eq!(changed.state(), pb::RecurrenceState::Active);
+        assert_eq!(changed.recurrence_state(), pb::RecurrenceState::Active);
         assert!(changed.expiration_time_with_grace.is_some());
     }
     let sent = requests(&h.purchase).await;
@@ -281,10 +281,10 @@ async fn orders_default_to_revoked_and_refunded_and_page_like_every_listing() {
     assert!(all.complete);
     let ids: Vec<&str> = all.items.iter().map(|o| o.order_id.as_str()).collect();
     assert_eq!(ids, ["first-order", "2e5f3a0b-0000-4000-8000-000000000001"]);
-    let line = &all.items[1].line_items[0];
-    assert_eq!(line.state(), pb::LineItemState::Revoked);
-    assert!(line.consumable_quantity_revoked);
-    assert!(all.items[1].refunded_date.is_some());
+    let line = &all.items[1].order_line_items[0];
+    assert_eq!(line.line_item_state(), pb::LineItemState::Revoked);
+    assert!(line.was_consumable_quantity_revoked);
+    assert!(all.items[1].order_refunded_date.is_some());
     let sent = requests(&h.purchase).await;
     assert_eq!(
         body_json(&sent[0]),
@@ -343,11 +343,17 @@ async fn recurrences_send_the_page_size_as_the_docs_type_it_and_are_typed() {
         .unwrap()
         .into_inner();
     assert!(answer.complete);
-    assert_eq!(answer.items[0].state(), pb::RecurrenceState::InDunning);
+    assert_eq!(
+        answer.items[0].recurrence_state(),
+        pb::RecurrenceState::InDunning
+    );
     assert!(answer.items[0].cancellation_date.is_some());
     // A state this version does not know is kept as text; a field of the wrong type is dropped.
-    assert_eq!(answer.items[1].state(), pb::RecurrenceState::Other);
-    assert_eq!(answer.items[1].state_text, "Suspended");
+    assert_eq!(
+        answer.items[1].recurrence_state(),
+        pb::RecurrenceState::Other
+    );
+    assert_eq!(answer.items[1].recurrence_state_text, "Suspended");
     assert!(!answer.items[1].auto_renew);
     assert_eq!(
         body_json(&requests(&h.purchase).await[0]),

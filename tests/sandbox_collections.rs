@@ -126,12 +126,12 @@ async fn all_pages_walks_the_sandbox_collection_and_keeps_one_item_per_product_b
     assert!(pass.subscription_id.starts_with("mdr:0:"), "{pass:#?}");
     let trial = item(SANDBOX_APP_TRIAL);
     let remaining = trial
-        .trial
+        .trial_data
         .as_ref()
         .and_then(|t| t.trial_time_remaining)
         .expect("a trial time");
     assert_eq!(remaining.seconds, 6 * 86_400 + 23 * 3600 + 59 * 60 + 59);
-    assert!(trial.trial.as_ref().unwrap().is_in_trial_period);
+    assert!(trial.trial_data.as_ref().unwrap().is_in_trial_period);
     assert!(durable.acquired_date.is_some() && durable.end_date.is_some());
 
     // Another user owns the same catalog with other ids.

@@ -69,7 +69,7 @@ async fn a_free_grant_is_made_once_per_order_id_and_shows_in_the_orders() {
         .into_inner();
     assert_eq!(order.order_id, grant.order_id);
     assert_eq!(order.order_state(), pb::OrderState::Purchased);
-    assert_eq!(order.line_items[0].product_id, SANDBOX_FREE_DURABLE);
+    assert_eq!(order.order_line_items[0].product_id, SANDBOX_FREE_DURABLE);
     // The caller's replay after an unknown outcome: the same order, granted once.
     let replay = client(channel)
         .grant_free_product(grant.clone())
@@ -122,16 +122,16 @@ async fn a_free_grant_is_made_once_per_order_id_and_shows_in_the_orders() {
         .into_inner();
     assert!(!refunds.items.is_empty());
     for order in &refunds.items {
-        for line in &order.line_items {
+        for line in &order.order_line_items {
             assert!(
                 matches!(
-                    line.state(),
+                    line.line_item_state(),
                     pb::LineItemState::Revoked | pb::LineItemState::Refunded
                 ),
                 "{line:?}"
             );
         }
-        assert!(order.refunded_date.is_some(), "{order:?}");
+        assert!(order.order_refunded_date.is_some(), "{order:?}");
     }
 }
 
@@ -142,7 +142,8 @@ async fn subscriptions_have_every_state_and_changes_are_kept_by_the_store() {
     let channel = &facade.channel;
     let key = purchase_key("heidi");
     let items = recurrences(channel, &key).await;
-    let states: std::collections::BTreeSet<i32> = items.iter().map(|r| r.state).collect();
+    let states: std::collections::BTreeSet<i32> =
+        items.iter().map(|r| r.recurrence_state).collect();
     for state in [
         pb::RecurrenceState::None,
         pb::RecurrenceState::Active,
@@ -154,7 +155,7 @@ async fn subscriptions_have_every_state_and_changes_are_kept_by_the_store() {
         assert!(states.contains(&(state as i32)), "{state:?}: {items:#?}");
     }
     let pass = of(&items, SANDBOX_PASS).clone();
-    assert_eq!(pass.state(), pb::RecurrenceState::Active);
+    assert_eq!(pass.recurrence_state(), pb::RecurrenceState::Active);
     assert!(pass.auto_renew);
 
     // Extend by 5 days, then stop auto-renewal: both kept by the Store.
@@ -192,7 +193,7 @@ async fn subscriptions_have_every_state_and_changes_are_kept_by_the_store() {
         .unwrap()
         .into_inner();
     assert_eq!(canceled.id, trial.id);
-    assert_eq!(canceled.state(), pb::RecurrenceState::Canceled);
+    assert_eq!(canceled.recurrence_state(), pb::RecurrenceState::Canceled);
     assert!(canceled.cancellation_date.is_some());
 
     // A terminal subscription cannot be extended: the Store's 409.

@@ -11,7 +11,7 @@ use crate::api::{Credential, StoreOperation, Token};
 use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::proto::msstore::v1 as pb;
 use crate::telemetry::otel::Route;
-use crate::upstream::{segment, Host, UpstreamRequest};
+use crate::upstream::{segment_with_colons, Host, UpstreamRequest};
 
 /// Changes one subscription.
 #[derive(Debug)]
@@ -126,7 +126,8 @@ impl StoreOperation for ChangeRecurrence {
         change.user.credential()
     }
 
-    /// The recurrence id (`mdr:0:...`) is one path segment, encoded.
+    /// The recurrence id (`mdr:0:...`) is one path segment: encoded, its colons kept as
+    /// Microsoft's library and examples send them.
     fn request(change: &Change, token: &Token<'_>) -> Result<UpstreamRequest, ApiError> {
         let body = ChangeBody {
             b2b_key: change.user.key(),
@@ -136,7 +137,7 @@ impl StoreOperation for ChangeRecurrence {
         };
         let path = format!(
             "/v8.0/b2b/recurrences/{}/change",
-            segment(&change.recurrence_id)
+            segment_with_colons(&change.recurrence_id)
         );
         StoreUser::post_to(Self::ROUTE, path, token, &body)
     }
@@ -171,7 +172,7 @@ mod tests {
         for body in [&bare[..], &wrapped[..]] {
             let item = ChangeRecurrence::parse(body).expect("a recurrence").typed();
             assert_eq!(item.id, "mdr:0:abc");
-            assert_eq!(item.state(), pb::RecurrenceState::Canceled);
+            assert_eq!(item.recurrence_state(), pb::RecurrenceState::Canceled);
         }
         for bad in [
             &br#"{"items":[]}"#[..],

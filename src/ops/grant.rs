@@ -216,7 +216,7 @@ impl StoreOperation for GrantFreeProduct {
             currency_code: order.currency_code.unwrap_or_default(),
             language: order.language.unwrap_or_default(),
             market: order.market.unwrap_or_default(),
-            line_items: order
+            order_line_items: order
                 .order_line_items
                 .unwrap_or_default()
                 .into_iter()

@@ -18,8 +18,8 @@ use crate::upstream::{Answer, UpstreamError};
 
 /// Time kept back from the caller's deadline when following pages, to answer in.
 pub const ANSWER_MARGIN: Duration = Duration::from_millis(50);
-/// Most pages one `all_pages` call follows: a listing of one user fits in far fewer, so more
-/// means a Store that never ends its walk.
+/// Most pages one `all_pages` call follows (a listing of one user fits in far fewer): the
+/// walk then answers what it has, with the token to go on from.
 pub const MAX_PAGES: usize = 100;
 
 /// A Store listing operation: its request carries the Store's continuation token, and each
@@ -173,9 +173,9 @@ async fn one_page<Op: Paged>(
 /// the last page, or until the next page cannot be had before the caller's deadline or fails
 /// the way a caller would retry (UNAVAILABLE, RESOURCE_EXHAUSTED): then the walk ends with the
 /// token of the page that was not had, so no page already paid for (the Store's rate limit
-/// counts each) is lost. Any other failure of a later page fails the call. Tokens that lead
-/// back to a page already served, or more than [`MAX_PAGES`], are a malformed answer. The ids
-/// of the answer are those of the last page.
+/// counts each) is lost; so at [`MAX_PAGES`]. Any other failure of a later page fails the
+/// call. Tokens that lead back to a page already served are a malformed answer. The ids of
+/// the answer are those of the last page.
 pub async fn walk<Op: Paged>(
     backends: &Backends,
     mut prepared: Op::Prepared,
@@ -190,12 +190,12 @@ pub async fn walk<Op: Paged>(
     let started = Instant::now();
     let mut page = exchange::<Op>(backends, &prepared, attempts).await?;
     let mut slowest = started.elapsed();
-    let mut pages = 0;
+    let mut pages: usize = 0;
     let (ids, http_status) = loop {
         pages += 1;
         let next = Op::next_token(&mut page.value).filter(|token| !token.is_empty());
         if let Some(next) = &next {
-            if !sent.insert(next.clone()) || sent.len() > MAX_PAGES {
+            if !sent.insert(next.clone()) {
                 return Err(endless::<Op>(backends, &prepared, page));
             }
         }
@@ -206,7 +206,9 @@ pub async fn walk<Op: Paged>(
         } = page;
         absorb(value);
         Op::continue_from(&mut prepared, next);
-        if Op::continuation(&prepared).is_none() {
+        // At the page cap the walk stops like at the deadline: what was gathered, with the
+        // token to go on from.
+        if Op::continuation(&prepared).is_none() || pages >= MAX_PAGES {
             break (ids, http_status);
         }
         // A page that would end past the deadline is not asked for.
@@ -233,7 +235,7 @@ pub async fn walk<Op: Paged>(
             next_page_token: Op::continuation(&prepared)
                 .map(|token| encode_page_token(Op::fingerprint(&prepared), token))
                 .unwrap_or_default(),
-            pages,
+            pages: i32::try_from(pages).unwrap_or(i32::MAX),
         },
         ids,
         http_status,

@@ -386,7 +386,7 @@ fn typed(item: Item) -> pb::CollectionItem {
         satisfied_by_product_ids: item.satisfied_by_product_ids.unwrap_or_default(),
         tags: item.tags.unwrap_or_default(),
         transaction_id: item.transaction_id.unwrap_or_default(),
-        trial: item.trial_data.map(|trial| pb::TrialData {
+        trial_data: item.trial_data.map(|trial| pb::TrialData {
             is_trial: trial.is_trial.unwrap_or_default(),
             is_in_trial_period: trial.is_in_trial_period.unwrap_or_default(),
             trial_time_remaining: trial.trial_time_remaining.as_deref().and_then(time_span),

@@ -223,7 +223,7 @@ fn order(item: OrderItem) -> pb::OrderSummary {
     pb::OrderSummary {
         order_id: item.order_id.unwrap_or_default(),
         short_order_id: item.short_order_id.unwrap_or_default(),
-        line_items: item
+        order_line_items: item
             .order_line_items
             .unwrap_or_default()
             .into_iter()
@@ -233,25 +233,25 @@ fn order(item: OrderItem) -> pb::OrderSummary {
                     product_id: line.product_id.unwrap_or_default(),
                     sku_id: line.sku_id.unwrap_or_default(),
                     quantity: line.quantity.unwrap_or_default(),
-                    consumable_quantity_revoked: line
+                    was_consumable_quantity_revoked: line
                         .was_consumable_quantity_revoked
                         .unwrap_or_default(),
                     ..Default::default()
                 };
                 if let Some(state) = line.line_item_state {
-                    typed.set_state(match state.to_ascii_lowercase().as_str() {
+                    typed.set_line_item_state(match state.to_ascii_lowercase().as_str() {
                         "purchased" => pb::LineItemState::Purchased,
                         "revoked" => pb::LineItemState::Revoked,
                         "refunded" => pb::LineItemState::Refunded,
                         _ => pb::LineItemState::Other,
                     });
-                    typed.state_text = state;
+                    typed.line_item_state_text = state;
                 }
                 typed
             })
             .collect(),
-        purchased_date: item.order_purchased_date.as_deref().and_then(timestamp),
-        refunded_date: item.order_refunded_date.as_deref().and_then(timestamp),
+        order_purchased_date: item.order_purchased_date.as_deref().and_then(timestamp),
+        order_refunded_date: item.order_refunded_date.as_deref().and_then(timestamp),
     }
 }
 

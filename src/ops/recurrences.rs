@@ -63,7 +63,7 @@ impl RecurrenceItem {
             ..Default::default()
         };
         if let Some(state) = self.recurrence_state {
-            typed.set_state(match state.to_ascii_lowercase().as_str() {
+            typed.set_recurrence_state(match state.to_ascii_lowercase().as_str() {
                 "none" => pb::RecurrenceState::None,
                 "active" => pb::RecurrenceState::Active,
                 "inactive" => pb::RecurrenceState::Inactive,
@@ -72,7 +72,7 @@ impl RecurrenceItem {
                 "failed" => pb::RecurrenceState::Failed,
                 _ => pb::RecurrenceState::Other,
             });
-            typed.state_text = state;
+            typed.recurrence_state_text = state;
         }
         typed
     }

@@ -65,6 +65,17 @@ pub fn segment(text: &str) -> impl std::fmt::Display + '_ {
     utf8_percent_encode(text, SEGMENT)
 }
 
+/// [`SEGMENT`] leaving `:` and `@` as they are: RFC 3986 allows both in a path segment, and
+/// ids that carry colons (`mdr:0:...` recurrence ids) are sent so by every client Microsoft
+/// documents; `/`, `?`, `#`, `%`, spaces and non-ASCII are still escaped.
+const SEGMENT_WITH_COLONS: &AsciiSet = &SEGMENT.remove(b':').remove(b'@');
+
+/// `text` as exactly one path segment, its `:` and `@` left as they are ([`segment`]
+/// escapes them too).
+pub fn segment_with_colons(text: &str) -> impl std::fmt::Display + '_ {
+    utf8_percent_encode(text, SEGMENT_WITH_COLONS)
+}
+
 /// One request to a Store host, as an operation describes it: the host's base URL is
 /// prepended by [`StoreClient::exchange`], which also adds the correlation headers. Its
 /// `Debug` shows the route only: the headers and body carry tokens and keys.

@@ -1080,7 +1080,7 @@ async fn sandbox_active_recurrence(channel: &Channel, key: &str) -> Result<Strin
     Ok(page
         .items
         .into_iter()
-        .find(|r| r.state() == pb::RecurrenceState::Active)
+        .find(|r| r.recurrence_state() == pb::RecurrenceState::Active)
         .expect("every sandbox user has an active subscription")
         .id)
 }
