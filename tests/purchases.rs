@@ -214,6 +214,8 @@ async fn a_change_puts_the_recurrence_id_in_its_own_segment_and_reads_both_answe
         assert_eq!(segments[5], "change");
         let decoded = percent_decode(segments[4]);
         assert_eq!(decoded, id);
+        // Sent with its colons as they are, as Microsoft's library and examples send it.
+        assert_eq!(segments[4], id);
     }
     assert_eq!(
         body_json(&sent[0]),

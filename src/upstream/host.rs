@@ -61,7 +61,9 @@ impl Host {
             Host::Collections => {
                 "Base URL of the Store collections API: collections keys, queries and consumables"
             }
-            Host::Purchase => "Base URL of the Store purchase API, which renews purchase keys",
+            Host::Purchase => {
+                "Base URL of the Store purchase API: purchase keys, grants, subscriptions and orders"
+            }
         }
     }
 
