@@ -19,6 +19,7 @@ fn upstream_label(host: Host) -> &'static str {
         Host::BusinessStore => "business_store",
         Host::Collections => "collections",
         Host::Purchase => "purchase",
+        Host::RefundQueue => "refund_queue",
     }
 }
 

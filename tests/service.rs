@@ -540,6 +540,21 @@ fn the_operation_table_has_a_row_for_every_served_store_method_and_no_other() {
         [("msstore.v1.StoreKeys", "GetKeyCreationTokens")],
         "a method that calls no Store endpoint needs its own tests, like tests/tokens.rs"
     );
+    // The methods of the refund queue (a SAS exchange, then Azure Storage's XML) are covered
+    // by tests/refunds.rs and tests/sandbox_refunds.rs, which name them.
+    let queue: Vec<(&str, &str)> = UPSTREAMS
+        .iter()
+        .filter(|(_, _, upstream)| *upstream == Upstream::RefundQueue)
+        .map(|(service, method, _)| (*service, *method))
+        .collect();
+    assert_eq!(
+        queue,
+        [
+            ("msstore.v1.StoreRefunds", "PullRefundEvents"),
+            ("msstore.v1.StoreRefunds", "AcknowledgeRefundEvents")
+        ],
+        "a method of the refund queue needs its own tests, like tests/refunds.rs"
+    );
 }
 
 /// A facade with the default allow-list (only the configured tenant) and working upstreams.

@@ -16,7 +16,7 @@ pub use call::{grpc_timeout, Arrival, Attempts, CallContext, CallDeadlines, Call
 pub use operation::{Credential, Operation, Outcome, StoreOperation, Token, Upstream};
 pub use pipeline::{exchange, Pipeline};
 
-use crate::auth::TokenProvider;
+use crate::auth::{SasCache, TokenProvider};
 use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::StoreClient;
@@ -39,4 +39,6 @@ pub struct Backends {
     pub metrics: Arc<Metrics>,
     /// The tenants calls may act for.
     pub tenants: Arc<Tenants>,
+    /// The refund queue's SAS, per tenant.
+    pub refund_sas: SasCache,
 }

@@ -32,6 +32,8 @@ pub enum Upstream {
     Store,
     /// Only the Entra token endpoint (the facade's own tokens).
     Entra,
+    /// The Store's refund queue SAS endpoint, then the refund queue (Azure Storage).
+    RefundQueue,
 }
 
 /// One RPC method's behaviour, declared once. The registry line that places it in a service
@@ -163,6 +165,9 @@ pub enum Credential<'a> {
     },
     /// A service ticket the caller brought, sent as is: a 401 is not retried with it.
     Caller(&'a str),
+    /// No token: the request's URL carries its own credential (the refund queue's SAS,
+    /// which [`StoreOperation::secrets`] names).
+    InUrl,
 }
 
 /// The token an attempt is made with: where it goes (header or body) is the operation's
@@ -172,6 +177,8 @@ pub enum Token<'a> {
     Facade(AccessToken),
     /// The caller's service ticket.
     Caller(&'a str),
+    /// None ([`Credential::InUrl`]).
+    None,
 }
 
 impl Token<'_> {
@@ -180,6 +187,7 @@ impl Token<'_> {
         match self {
             Token::Facade(token) => token.expose(),
             Token::Caller(ticket) => ticket,
+            Token::None => "",
         }
     }
 
@@ -199,6 +207,10 @@ impl Token<'_> {
                 value.set_sensitive(true);
                 Ok(value)
             }
+            // Only an operation declaring `Credential::InUrl` gets no token, and it sends none.
+            Token::None => Err(ApiError::Token(Arc::new(
+                crate::auth::TokenError::NotConfigured,
+            ))),
         }
     }
 }

@@ -96,6 +96,7 @@ pub async fn exchange<Op: StoreOperation>(
                 Credential::Caller(ticket) => {
                     send::<Op>(store, host, prepared, Token::Caller(ticket), attempts).await
                 }
+                Credential::InUrl => send::<Op>(store, host, prepared, Token::None, attempts).await,
                 Credential::Facade { tenant } => {
                     with_own_token(tokens, tenant, attempts, |token| {
                         send::<Op>(store, host, prepared, Token::Facade(token), attempts)

@@ -99,7 +99,7 @@ pub fn key_audience(host: Host) -> Option<&'static str> {
     match host {
         Host::Collections => Some(COLLECTIONS_AUDIENCE),
         Host::Purchase => Some(PURCHASE_AUDIENCE),
-        Host::BusinessStore => None,
+        Host::BusinessStore | Host::RefundQueue => None,
     }
 }
 

@@ -85,6 +85,8 @@ pub const BUSINESS_STORE_PREFIX: &str = "/bspmts";
 pub const COLLECTIONS_PREFIX: &str = "/collections";
 /// Path prefix of the purchase host.
 pub const PURCHASE_PREFIX: &str = "/purchase";
+/// Path prefix of the refund event queues (Azure Storage queues).
+pub const REFUND_QUEUE_PREFIX: &str = "/queue";
 
 /// The path prefix under which the emulator serves `host`.
 pub fn host_prefix(host: Host) -> &'static str {
@@ -92,6 +94,7 @@ pub fn host_prefix(host: Host) -> &'static str {
         Host::BusinessStore => BUSINESS_STORE_PREFIX,
         Host::Collections => COLLECTIONS_PREFIX,
         Host::Purchase => PURCHASE_PREFIX,
+        Host::RefundQueue => REFUND_QUEUE_PREFIX,
     }
 }
 

@@ -13,6 +13,7 @@ use tonic::service::Routes;
 
 mod paging;
 mod recurrences;
+mod refunds;
 mod store_json;
 mod store_user;
 
@@ -119,6 +120,11 @@ registry! {
         query_recurrences => query_recurrences::QueryRecurrences,
         change_recurrence => change_recurrence::ChangeRecurrence,
         query_orders => query_orders::QueryOrders,
+    }
+    /// `msstore.v1.StoreRefunds`: the refund event queue ("clawback v2").
+    StoreRefundsService: store_refunds_server::StoreRefundsServer as StoreRefunds {
+        pull_refund_events => pull_refund_events::PullRefundEvents,
+        acknowledge_refund_events => acknowledge_refund_events::AcknowledgeRefundEvents,
     }
 }
 

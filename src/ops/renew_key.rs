@@ -120,7 +120,7 @@ impl StoreOperation for RenewKey {
             key_type: match renewal.host {
                 Host::Collections => pb::KeyType::Collections,
                 Host::Purchase => pb::KeyType::Purchase,
-                Host::BusinessStore => pb::KeyType::Unspecified,
+                Host::BusinessStore | Host::RefundQueue => pb::KeyType::Unspecified,
             } as i32,
             ..Default::default()
         };

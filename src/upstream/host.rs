@@ -11,6 +11,10 @@ pub enum Host {
     Collections,
     /// The purchase host (`purchase.mp.microsoft.com`): purchase keys, grants, subscriptions.
     Purchase,
+    /// The publisher's refund event queue, an Azure Storage queue whose URL the purchase host
+    /// hands out with a SAS: never a fixed URL. Its setting is the one base URL a queue URL
+    /// may start with besides `https://*.queue.core.windows.net` (the emulator's).
+    RefundQueue,
 }
 
 impl Host {
@@ -20,6 +24,7 @@ impl Host {
             Host::BusinessStore => "business_store",
             Host::Collections => "collections",
             Host::Purchase => "purchase",
+            Host::RefundQueue => "refund_queue",
         }
     }
 
@@ -29,6 +34,7 @@ impl Host {
             Host::BusinessStore => "business-store-url",
             Host::Collections => "collections-url",
             Host::Purchase => "purchase-url",
+            Host::RefundQueue => "refund-queue-base-url",
         }
     }
 
@@ -38,6 +44,7 @@ impl Host {
             Host::BusinessStore => "MSSTORE_BUSINESS_STORE_URL",
             Host::Collections => "MSSTORE_COLLECTIONS_URL",
             Host::Purchase => "MSSTORE_PURCHASE_URL",
+            Host::RefundQueue => "MSSTORE_REFUND_QUEUE_BASE_URL",
         }
     }
 
@@ -47,6 +54,7 @@ impl Host {
             Host::BusinessStore => "https://bspmts.mp.microsoft.com",
             Host::Collections => "https://collections.mp.microsoft.com",
             Host::Purchase => "https://purchase.mp.microsoft.com",
+            Host::RefundQueue => "https://queue.core.windows.net",
         }
     }
 
@@ -62,7 +70,12 @@ impl Host {
                 "Base URL of the Store collections API: collections keys, queries and consumables"
             }
             Host::Purchase => {
-                "Base URL of the Store purchase API: purchase keys, grants, subscriptions and orders"
+                "Base URL of the Store purchase API: purchase keys, grants, subscriptions, orders and \
+                 the refund queue's SAS"
+            }
+            Host::RefundQueue => {
+                "The one base URL (besides https://*.queue.core.windows.net) that a refund queue URL \
+                 handed out by the Store may start with: the emulator's, in sandbox and tests"
             }
         }
     }
@@ -73,6 +86,7 @@ impl Host {
             Host::BusinessStore => "Store for Business (no Store ID)",
             Host::Collections => "collections",
             Host::Purchase => "purchase",
+            Host::RefundQueue => "no Store ID (a SAS)",
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod error_body;
 mod host;
+pub mod queue;
 pub mod redact;
 
 use std::sync::Arc;
@@ -82,7 +83,9 @@ pub fn segment_with_colons(text: &str) -> impl std::fmt::Display + '_ {
 #[derive(Clone)]
 pub struct UpstreamRequest {
     route: &'static Route,
+    /// The path below the host's base URL, or (`absolute`) the whole URL.
     path: String,
+    absolute: bool,
     authorization: Option<HeaderValue>,
     json: Option<Bytes>,
 }
@@ -95,8 +98,19 @@ impl UpstreamRequest {
         Self {
             route,
             path,
+            absolute: false,
             authorization: None,
             json: None,
+        }
+    }
+
+    /// A request of `route` to the whole URL `url`, for a host whose URLs are handed out
+    /// rather than configured (the refund queue: [`queue::QueueUrl`]). The host's circuit,
+    /// retry budget and metrics still apply.
+    pub fn to_url(route: &'static Route, url: String) -> Self {
+        Self {
+            absolute: true,
+            ..Self::new(route, url)
         }
     }
 
@@ -243,6 +257,7 @@ pub struct StatusFailure {
 /// A Store host, prepared once: its base URL, circuit breaker, retry budget and metrics.
 #[derive(Debug)]
 pub struct Base {
+    url: Url,
     prefix: String,
     host: Arc<str>,
     breaker: CircuitBreaker,
@@ -255,6 +270,7 @@ impl Base {
         let host = url.host_str().unwrap_or_default();
         let label = upstream.label();
         let base = Arc::new(Self {
+            url: url.clone(),
             prefix: url.as_str().trim_end_matches('/').to_owned(),
             host: host.into(),
             breaker: CircuitBreaker::new(host, config.circuit_failures, config.circuit_open_for),
@@ -280,6 +296,11 @@ impl Base {
     /// The host's name, without port, as errors name it.
     pub fn name(&self) -> &Arc<str> {
         &self.host
+    }
+
+    /// The host's configured base URL.
+    pub fn url(&self) -> &Url {
+        &self.url
     }
 
     /// The retry budget of this host.
@@ -483,9 +504,14 @@ impl StoreClient {
     }
 
     fn build(&self, base: &Base, request: &UpstreamRequest) -> reqwest::RequestBuilder {
-        let mut url = String::with_capacity(base.prefix.len() + request.path.len());
-        url.push_str(&base.prefix);
-        url.push_str(&request.path);
+        let url = if request.absolute {
+            request.path.clone()
+        } else {
+            let mut url = String::with_capacity(base.prefix.len() + request.path.len());
+            url.push_str(&base.prefix);
+            url.push_str(&request.path);
+            url
+        };
         let mut builder = self.http.request(request.route.method.clone(), url);
         if let Some(authorization) = &request.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());

@@ -1,5 +1,6 @@
-//! The facade on `127.0.0.1:0` between the test and four loopback wiremock upstreams (the
-//! token endpoint, the Store for Business, the collections and purchase hosts).
+//! The facade on `127.0.0.1:0` between the test and five loopback wiremock upstreams (the
+//! token endpoint, the Store for Business, the collections and purchase hosts, and the refund
+//! queue).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,7 +98,8 @@ impl HarnessBuilder {
 
     /// Starts the upstreams and the facade.
     pub async fn start(self) -> Harness {
-        let (token, business, collections, purchase) = tokio::join!(
+        let (token, business, collections, purchase, refund_queue) = tokio::join!(
+            MockServer::start(),
             MockServer::start(),
             MockServer::start(),
             MockServer::start(),
@@ -106,6 +108,9 @@ impl HarnessBuilder {
         let mut settings = Settings::for_upstream(&business.uri()).expect("valid base URL");
         settings.upstreams[Host::Collections] = collections.uri().parse().unwrap();
         settings.upstreams[Host::Purchase] = purchase.uri().parse().unwrap();
+        // The refund queue's URL comes from the purchase host's SAS answer: a queue URL under
+        // this mock server is one the facade follows.
+        settings.upstreams[Host::RefundQueue] = refund_queue.uri().parse().unwrap();
         settings.authority_host = token.uri().parse().unwrap();
         settings.max_request_bytes = self.max_request_bytes;
         settings.resilience.upstream_timeout = self.upstream_timeout;
@@ -133,6 +138,7 @@ impl HarnessBuilder {
             business,
             collections,
             purchase,
+            refund_queue,
             facade,
         }
     }
@@ -223,6 +229,8 @@ pub struct Harness {
     pub collections: MockServer,
     /// Purchase host.
     pub purchase: MockServer,
+    /// The refund queue (Azure Storage), whose URL the purchase host's SAS answer names.
+    pub refund_queue: MockServer,
     /// The facade.
     pub facade: Facade,
 }
@@ -254,6 +262,7 @@ impl Harness {
             Host::BusinessStore => &self.business,
             Host::Collections => &self.collections,
             Host::Purchase => &self.purchase,
+            Host::RefundQueue => &self.refund_queue,
         }
     }
 

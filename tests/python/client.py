@@ -130,10 +130,16 @@ def decode_details(call) -> dict:
     return out
 
 
-def run_scenario(channel, methods: dict, scenario: dict) -> dict:
-    """Makes one call; returns what a caller can observe of it."""
+def run_scenario(channel, methods: dict, scenario: dict, earlier: dict) -> dict:
+    """Makes one call; returns what a caller can observe of it. `ack_ids_from` names an
+    earlier scenario (a PullRefundEvents) whose events' ack ids the request acknowledges, as a
+    reconciliation loop does."""
     stub_class, method_name, request_class = methods[scenario["method"]]
-    request = json_format.ParseDict(scenario.get("request", {}), request_class())
+    fields = dict(scenario.get("request", {}))
+    if "ack_ids_from" in scenario:
+        pulled = earlier[scenario["ack_ids_from"]].get("response", {}).get("events", [])
+        fields["ack_ids"] = [event["ack_id"] for event in pulled]
+    request = json_format.ParseDict(fields, request_class())
     call = getattr(stub_class(channel), method_name)
     result = {"name": scenario["name"], "method": scenario["method"]}
     try:
@@ -172,8 +178,11 @@ def main() -> None:
         options = [("grpc.enable_http_proxy", 0)]
         with grpc.insecure_channel(args.address, options=options) as channel:
             grpc.channel_ready_future(channel).result(timeout=10)
+            earlier = {}
             for scenario in scenarios:
-                print(json.dumps(run_scenario(channel, methods, scenario), sort_keys=True), flush=True)
+                result = run_scenario(channel, methods, scenario, earlier)
+                earlier[scenario["name"]] = result
+                print(json.dumps(result, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":
