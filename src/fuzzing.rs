@@ -508,3 +508,83 @@ pub(crate) fn one_char_off(
         chars.into_iter().collect()
     })
 }
+
+/// The refund queue's answers (`upstream::queue::parse_messages`, the pulled events, the SAS
+/// answer's `expiresOn`). A messages list is read or refused, never half-read: every message
+/// read has an id and a pop receipt that can be sent back, and its `ack_id` names exactly
+/// them. An event is decoded exactly when its text is base64 of a JSON object with an `id`;
+/// otherwise `decode_error` says why and the text is handed back as it came. Every date is a
+/// valid `google.protobuf.Timestamp`. The bytes are also tried as a message's text (escaped
+/// into a list), as base64 of that text, and as `expiresOn`.
+pub fn refund_queue(data: &[u8]) {
+    use base64::engine::general_purpose::STANDARD;
+
+    let text = text(data);
+    let escaped = quick_xml::escape::escape(text.as_ref());
+    let as_message = |body: &str| {
+        format!(
+            "<QueueMessagesList><QueueMessage><MessageId>m</MessageId><PopReceipt>r+/=</PopReceipt>\
+             <DequeueCount>1</DequeueCount><MessageText>{body}</MessageText></QueueMessage>\
+             </QueueMessagesList>"
+        )
+    };
+    let shaped = [as_message(&escaped), as_message(&STANDARD.encode(data))];
+    for body in std::iter::once(data).chain(shaped.iter().map(String::as_bytes)) {
+        let Some(messages) = crate::upstream::queue::parse_messages(body) else {
+            continue;
+        };
+        for message in &messages {
+            refund_event_holds(message);
+        }
+    }
+    for shaped in &shaped {
+        let messages = crate::upstream::queue::parse_messages(shaped.as_bytes());
+        assert_eq!(
+            messages.map(|m| m.len()),
+            Some(1),
+            "{shaped:?} is one message"
+        );
+    }
+    if let Some(at) = crate::ops::sas_expires_on(&text) {
+        let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+        assert!(
+            (KeyClaims::EARLIEST..=KeyClaims::LATEST).contains(&seconds),
+            "{text:?}: {seconds}"
+        );
+    }
+}
+
+fn refund_event_holds(message: &crate::upstream::queue::QueueMessage) {
+    let event = crate::ops::refund_event(message);
+    let ack = crate::ops::AckId::decode(&event.ack_id).expect("the ack id of a pulled message");
+    assert_eq!(ack.message_id, message.message_id);
+    assert_eq!(ack.pop_receipt, message.pop_receipt);
+    if event.decode_error.is_empty() {
+        assert!(!event.id.is_empty(), "a decoded event has an id");
+        assert!(event.message_text.is_empty());
+    } else {
+        assert!(event.id.is_empty());
+        assert_eq!(event.message_text, message.text);
+    }
+    let dates = [
+        &event.purchased_date,
+        &event.event_date,
+        &event.time,
+        &event.insertion_time,
+        &event.expiration_time,
+        &event.time_next_visible,
+    ];
+    let recurrence = event
+        .recurrence_data
+        .as_ref()
+        .and_then(|r| r.duration_interval_start.as_ref());
+    for at in dates.into_iter().flatten().chain(recurrence) {
+        assert!(
+            (KeyClaims::EARLIEST..=KeyClaims::LATEST).contains(&at.seconds)
+                && (0..1_000_000_000).contains(&at.nanos),
+            "{at:?}"
+        );
+    }
+}

@@ -20,6 +20,9 @@ mod store_user;
 pub use crate::api::Upstream;
 use crate::api::{Backends, Operation, Pipeline};
 use crate::proto::msstore::v1 as pb;
+/// The refund queue's parsers, for `crate::fuzzing`.
+pub(crate) use pull_refund_events::event as refund_event;
+pub(crate) use refunds::{expires_on as sas_expires_on, AckId};
 
 /// Declares every service and, in each, every method with its operation.
 macro_rules! registry {

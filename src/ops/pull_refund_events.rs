@@ -83,7 +83,7 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// The event of one message: decoded, or with `decode_error` saying why not.
-fn event(message: &QueueMessage) -> pb::RefundEvent {
+pub fn event(message: &QueueMessage) -> pb::RefundEvent {
     let queued = pb::RefundEvent {
         ack_id: AckId::encode(message),
         dequeue_count: i32::try_from(message.dequeue_count).unwrap_or(i32::MAX),

@@ -18,7 +18,9 @@ use crate::api::{exchange, Attempts, Backends, Credential, Outcome, StoreOperati
 use crate::auth::{Sas, TenantId};
 use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::telemetry::otel::Route;
-use crate::upstream::queue::{parse_messages, QueueMessage, QueueUrl};
+use crate::upstream::queue::{
+    parse_messages, QueueMessage, QueueUrl, MAX_MESSAGE_ID_BYTES, MAX_POP_RECEIPT_BYTES,
+};
 use crate::upstream::{Host, UpstreamError, UpstreamRequest};
 
 /// `GET {purchase}/v8.0/b2b/clawback/sastoken`: the refund queue's URL with a SAS. Not an
@@ -96,7 +98,7 @@ impl StoreOperation for ClawbackSas {
 
 /// `expiresOn` as the Store writes it: ISO 8601, seconds optional (the documented example is
 /// `2022-12-09T02:13Z`).
-fn expires_on(text: &str) -> Option<SystemTime> {
+pub fn expires_on(text: &str) -> Option<SystemTime> {
     let text = text.trim();
     let at = super::store_json::timestamp(text).or_else(|| {
         // Insert `:00` seconds after `THH:MM` when the time has no seconds.
@@ -316,12 +318,15 @@ impl AckId {
         else {
             return None;
         };
-        let readable = |part: &str| !part.is_empty() && !part.chars().any(char::is_control);
-        (readable(message_id) && readable(pop_receipt) && message_id.len() <= 256).then(|| Self {
-            text: text.to_owned(),
-            message_id: message_id.to_owned(),
-            pop_receipt: pop_receipt.to_owned(),
-        })
+        let readable = |part: &str, max: usize| {
+            !part.is_empty() && part.len() <= max && !part.chars().any(char::is_control)
+        };
+        (readable(message_id, MAX_MESSAGE_ID_BYTES) && readable(pop_receipt, MAX_POP_RECEIPT_BYTES))
+            .then(|| Self {
+                text: text.to_owned(),
+                message_id: message_id.to_owned(),
+                pop_receipt: pop_receipt.to_owned(),
+            })
     }
 }
 

@@ -125,8 +125,20 @@ pub struct QueueMessage {
     pub text: String,
 }
 
-/// Reads a `QueueMessagesList`; `None` when the body is not one, or a message has no id or
-/// no pop receipt (it could not be acknowledged). Unknown elements are ignored.
+/// Longest message id taken (Azure's are GUIDs).
+pub const MAX_MESSAGE_ID_BYTES: usize = 256;
+/// Longest pop receipt taken (Azure's are about 30 characters).
+pub const MAX_POP_RECEIPT_BYTES: usize = 1024;
+
+/// A message id or pop receipt that can be sent back: not empty, not too long, no control
+/// characters.
+fn usable_id(text: &str, max: usize) -> bool {
+    !text.is_empty() && text.len() <= max && !text.chars().any(char::is_control)
+}
+
+/// Reads a `QueueMessagesList`; `None` when the body is not one, or a message has an id or
+/// pop receipt that could not be sent back to acknowledge it (missing, too long, control
+/// characters). Unknown elements are ignored.
 pub fn parse_messages(body: &[u8]) -> Option<Vec<QueueMessage>> {
     let mut reader = Reader::from_reader(body);
     let mut messages = Vec::new();
@@ -180,7 +192,9 @@ pub fn parse_messages(body: &[u8]) -> Option<Vec<QueueMessage>> {
                     3 => field = None,
                     2 => {
                         let message = current.take()?;
-                        if message.message_id.is_empty() || message.pop_receipt.is_empty() {
+                        if !usable_id(&message.message_id, MAX_MESSAGE_ID_BYTES)
+                            || !usable_id(&message.pop_receipt, MAX_POP_RECEIPT_BYTES)
+                        {
                             return None;
                         }
                         messages.push(message);
@@ -333,6 +347,91 @@ mod tests {
             b"<QueueMessagesList><QueueMessage>",
         ] {
             assert!(parse_messages(body).is_none(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! [`crate::fuzzing::refund_queue`]'s properties (shared with its fuzz target) over
+    //! arbitrary bytes, message lists with arbitrary ids and texts, and event JSON with fields
+    //! of any type.
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    fn list() -> impl Strategy<Value = String> {
+        let message = (
+            "[ -~]{0,40}",
+            "[ -~]{0,40}",
+            "[0-9a-zA-Z+/=]{0,60}",
+            any::<u32>(),
+        )
+            .prop_map(|(id, receipt, text, count)| {
+                format!(
+                    "<QueueMessage><MessageId>{}</MessageId><PopReceipt>{}</PopReceipt>\
+                     <DequeueCount>{count}</DequeueCount><MessageText>{text}</MessageText>\
+                     <InsertionTime>Fri, 09 Oct 2009 21:04:30 GMT</InsertionTime></QueueMessage>",
+                    quick_xml::escape::escape(&id),
+                    quick_xml::escape::escape(&receipt)
+                )
+            });
+        prop::collection::vec(message, 0..4).prop_map(|messages| {
+            format!(
+                "<QueueMessagesList>{}</QueueMessagesList>",
+                messages.concat()
+            )
+        })
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[ -~]{0,30}".prop_map(serde_json::Value::from),
+            "(0|1|9999|10000)[0-9]{0,3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?Z"
+                .prop_map(serde_json::Value::from),
+        ]
+    }
+
+    fn event_text() -> impl Strategy<Value = Vec<u8>> {
+        (
+            json_value(),
+            json_value(),
+            json_value(),
+            json_value(),
+            json_value(),
+        )
+            .prop_map(|(id, state, date, days, start)| {
+                let event = serde_json::json!({
+                    "id": id, "time": date,
+                    "data": {"eventState": state, "purchasedDate": date, "eventDate": date,
+                             "recurrenceData": {"durationInDays": days,
+                                                "consumedDurationInDays": days,
+                                                "durationIntervalStart": start}},
+                });
+                STANDARD.encode(event.to_string()).into_bytes()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_read_or_refused_whole(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            fuzzing::refund_queue(&bytes);
+        }
+
+        #[test]
+        fn generated_lists_hold(body in list()) {
+            fuzzing::refund_queue(body.as_bytes());
+        }
+
+        #[test]
+        fn events_of_any_field_types_hold(text in event_text()) {
+            // As the message text, escaped into a list by the entry point.
+            fuzzing::refund_queue(&text);
         }
     }
 }
