@@ -2336,6 +2336,7 @@ fn assert_azure_headers(answer: &Answer) {
     assert!(is_guid(&json!(answer.header("x-ms-request-id"))));
     assert_eq!(answer.header("x-ms-version"), "2021-08-06");
     assert!(httpdate::parse_http_date(answer.header("date")).is_ok());
+    assert_eq!(answer.headers.get_all("date").iter().count(), 1, "one Date");
 }
 
 /// An Azure Storage error with `code`.
