@@ -2210,3 +2210,635 @@ async fn purchase_operations_count_in_the_users_rate_limit() {
         assert!(answer.header("retry-after").parse::<u64>().is_ok());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Refund events (clawback v2): the SAS token, the Azure queue and the emulator's control calls.
+
+/// `GET /purchase/v8.0/b2b/clawback/sastoken` with `bearer` (none when empty).
+async fn sas_token(endpoints: &Endpoints, bearer: &str) -> Answer {
+    let base = endpoints.host_url(Host::Purchase);
+    let mut request = reqwest::Client::new().get(format!("{base}/v8.0/b2b/clawback/sastoken"));
+    if !bearer.is_empty() {
+        request = request.bearer_auth(bearer);
+    }
+    Answer::read(request.send().await.expect("the emulator answers")).await
+}
+
+/// The SAS URI of a fresh SAS token.
+async fn sas_uri(endpoints: &Endpoints, token: &str) -> String {
+    let answer = sas_token(endpoints, token).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()["uri"].as_str().unwrap().to_owned()
+}
+
+/// `{queue}{path}?{sas}{extra}` for the SAS URI `sas`.
+fn queue_url(sas: &str, path: &str, extra: &str) -> String {
+    let (queue, query) = sas.split_once('?').expect("a SAS URI has a query");
+    format!("{queue}{path}?{query}{extra}")
+}
+
+/// Get (or peek) messages: `extra` is appended to the SAS query (`&numofmessages=2`, ...).
+async fn queue_get(sas: &str, extra: &str) -> Answer {
+    let response = reqwest::Client::new()
+        .get(queue_url(sas, "/messages", extra))
+        .send()
+        .await
+        .expect("the emulator answers");
+    Answer::read(response).await
+}
+
+/// Delete message `id` with `receipt` (percent-encoded; none when `None`).
+async fn queue_delete(sas: &str, id: &str, receipt: Option<&str>) -> Answer {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let extra = receipt.map_or_else(String::new, |r| {
+        format!("&popreceipt={}", utf8_percent_encode(r, NON_ALPHANUMERIC))
+    });
+    let response = reqwest::Client::new()
+        .delete(queue_url(sas, &format!("/messages/{id}"), &extra))
+        .send()
+        .await
+        .expect("the emulator answers");
+    Answer::read(response).await
+}
+
+/// `POST /emulator{path}` with a JSON body.
+async fn admin(endpoints: &Endpoints, path: &str, body: &Value) -> Answer {
+    let response = reqwest::Client::new()
+        .post(format!("{}emulator{path}", endpoints.base_url()))
+        .json(body)
+        .send()
+        .await
+        .expect("the emulator answers");
+    Answer::read(response).await
+}
+
+/// One `QueueMessage` of a `QueueMessagesList`.
+#[derive(Debug, Clone)]
+struct QueueMessage {
+    id: String,
+    pop_receipt: Option<String>,
+    time_next_visible: Option<String>,
+    insertion_time: String,
+    dequeue_count: u32,
+    text: String,
+}
+
+impl QueueMessage {
+    /// The event its text carries: base64 of JSON.
+    fn event(&self) -> Value {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.text)
+            .unwrap_or_else(|_| panic!("not base64: {}", self.text));
+        serde_json::from_slice(&bytes).expect("the event is JSON")
+    }
+}
+
+/// The text of each `<name>` element of `xml`, unescaped.
+fn xml_elements(xml: &str, name: &str) -> Vec<String> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    xml.split(&open)
+        .skip(1)
+        .map(|rest| {
+            let text = rest.split(&close).next().unwrap_or_default();
+            text.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&")
+        })
+        .collect()
+}
+
+/// The messages of a 200 get or peek answer, checking Azure's headers.
+fn queue_messages(answer: &Answer) -> Vec<QueueMessage> {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_azure_headers(answer);
+    assert_eq!(answer.header("content-type"), "application/xml");
+    assert!(answer
+        .body
+        .starts_with(r#"<?xml version="1.0" encoding="utf-8"?><QueueMessagesList"#));
+    let one = |xml: &str, name: &str| xml_elements(xml, name).into_iter().next();
+    xml_elements(&answer.body, "QueueMessage")
+        .iter()
+        .map(|xml| QueueMessage {
+            id: one(xml, "MessageId").expect("MessageId"),
+            pop_receipt: one(xml, "PopReceipt"),
+            time_next_visible: one(xml, "TimeNextVisible"),
+            insertion_time: one(xml, "InsertionTime").expect("InsertionTime"),
+            dequeue_count: one(xml, "DequeueCount").unwrap().parse().unwrap(),
+            text: one(xml, "MessageText").expect("MessageText"),
+        })
+        .collect()
+}
+
+fn assert_azure_headers(answer: &Answer) {
+    assert!(is_guid(&json!(answer.header("x-ms-request-id"))));
+    assert_eq!(answer.header("x-ms-version"), "2021-08-06");
+    assert!(httpdate::parse_http_date(answer.header("date")).is_ok());
+    assert_eq!(answer.headers.get_all("date").iter().count(), 1, "one Date");
+}
+
+/// An Azure Storage error with `code`.
+fn assert_azure_error(answer: &Answer, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{code}: {}", answer.body);
+    assert_azure_headers(answer);
+    assert_eq!(answer.header("x-ms-error-code"), code);
+    assert_eq!(answer.header("content-type"), "application/xml");
+    assert!(answer
+        .body
+        .starts_with(r#"<?xml version="1.0" encoding="utf-8"?><Error><Code>"#));
+    assert_eq!(xml_elements(&answer.body, "Code"), [code]);
+    let message = &xml_elements(&answer.body, "Message")[0];
+    let request_id = answer.header("x-ms-request-id");
+    assert!(
+        message.contains(&format!("\nRequestId:{request_id}\nTime:")),
+        "{message}"
+    );
+}
+
+/// Every message of the queue, dequeued (hidden 30 s) and decoded.
+async fn dequeue_all(sas: &str) -> Vec<QueueMessage> {
+    queue_messages(&queue_get(sas, "&numofmessages=32").await)
+}
+
+#[tokio::test]
+async fn refund_sas_token_has_the_documented_shape_and_needs_the_service_token() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let before = now();
+    let answer = sas_token(&endpoints, &token).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.assert_store_ids();
+    let body = answer.json();
+    let expires_on = body["expiresOn"].as_str().unwrap();
+    // `2022-12-09T02:13Z`: minutes, no seconds.
+    assert_eq!(expires_on.len(), 17, "{expires_on}");
+    assert!(expires_on.ends_with('Z') && expires_on.as_bytes()[10] == b'T');
+    let with_seconds = format!("{}:00Z", &expires_on[..16]);
+    let expiry = chrono_seconds(&with_seconds);
+    assert!(
+        expiry > before + 6 * 3600 - 61 && expiry <= now() + 6 * 3600,
+        "{expires_on}"
+    );
+    let uri = body["uri"].as_str().unwrap();
+    let queue = format!(
+        "{}/refunds-{}?",
+        endpoints.host_url(Host::RefundQueue),
+        SANDBOX_CLIENT_ID.to_lowercase()
+    );
+    assert!(uri.starts_with(&queue), "{uri}");
+    let query = uri.split_once('?').unwrap().1;
+    let names: Vec<&str> = query
+        .split('&')
+        .map(|p| p.split('=').next().unwrap())
+        .collect();
+    assert_eq!(names, ["sv", "se", "sp", "sig"], "{uri}");
+    assert!(query.starts_with("sv=2021-08-06&se="), "{uri}");
+    assert!(
+        query.contains(&format!(
+            "se={}%3A{}%3A00Z&sp=rp&sig=",
+            &expires_on[..13],
+            &expires_on[14..16]
+        )),
+        "{uri}"
+    );
+
+    let refused = sas_token(&endpoints, "").await;
+    refused.assert_unauthorized("PartnerAadTicketRequired", "no token");
+    for audience in KEY_CREATION_AUDIENCES {
+        let (_, foreign) = token_for_scope(&endpoints, &format!("{audience}/.default")).await;
+        let foreign = foreign["access_token"].as_str().unwrap().to_owned();
+        sas_token(&endpoints, &foreign)
+            .await
+            .assert_unauthorized("AuthenticationTokenInvalid", audience);
+    }
+}
+
+/// Seconds since the Unix epoch of `2024-05-01T12:00:00Z`.
+fn chrono_seconds(text: &str) -> i64 {
+    let days = chrono_days(&text[..10]);
+    let time: Vec<i64> = text[11..19]
+        .split(':')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    days * 86_400 + time[0] * 3600 + time[1] * 60 + time[2]
+}
+
+#[tokio::test]
+async fn a_dequeued_message_is_invisible_until_deleted_and_peek_changes_nothing() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let sas = sas_uri(&endpoints, &token).await;
+    assert_eq!(
+        queue_get(&sas, "").await.body,
+        r#"<?xml version="1.0" encoding="utf-8"?><QueueMessagesList />"#
+    );
+    let text = "not base64 <&> at all";
+    let added = admin(&endpoints, "/refund-queue/messages", &json!({"text": text})).await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    let id = added.json()["messageId"].as_str().unwrap().to_owned();
+
+    let peeked = queue_messages(&queue_get(&sas, "&peekonly=true").await);
+    assert_eq!(peeked.len(), 1);
+    assert_eq!(
+        (peeked[0].id.as_str(), peeked[0].text.as_str()),
+        (id.as_str(), text)
+    );
+    assert_eq!(peeked[0].dequeue_count, 0);
+    assert!(peeked[0].pop_receipt.is_none() && peeked[0].time_next_visible.is_none());
+    assert!(peeked[0].insertion_time.ends_with(" GMT"));
+    assert_eq!(
+        queue_messages(&queue_get(&sas, "&peekonly=true").await).len(),
+        1
+    );
+
+    let got = queue_messages(&queue_get(&sas, "&numofmessages=32").await);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+    assert_eq!(got[0].dequeue_count, 1);
+    let receipt = got[0].pop_receipt.clone().expect("a pop receipt");
+    assert!(receipt.contains('+') && receipt.contains('/') && receipt.contains('='));
+    let next_visible = httpdate::parse_http_date(got[0].time_next_visible.as_ref().unwrap());
+    assert!(next_visible.is_ok());
+    assert!(
+        queue_messages(&queue_get(&sas, "").await).is_empty(),
+        "invisible"
+    );
+    assert!(queue_messages(&queue_get(&sas, "&peekonly=true").await).is_empty());
+
+    let deleted = queue_delete(&sas, &id, Some(&receipt)).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert_azure_headers(&deleted);
+    assert_azure_error(
+        &queue_delete(&sas, &id, Some(&receipt)).await,
+        404,
+        "MessageNotFound",
+    );
+    assert_azure_error(
+        &queue_delete(&sas, &id, None).await,
+        400,
+        "MissingRequiredQueryParameter",
+    );
+    for bad in [
+        "&numofmessages=33",
+        "&numofmessages=0",
+        "&visibilitytimeout=604801",
+    ] {
+        assert_azure_error(
+            &queue_get(&sas, bad).await,
+            400,
+            "OutOfRangeQueryParameterValue",
+        );
+    }
+}
+
+#[tokio::test]
+async fn pop_receipts_go_stale_on_redequeue_but_not_when_the_timeout_lapses() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let sas = sas_uri(&endpoints, &token).await;
+    for text in ["first", "second"] {
+        let added = admin(&endpoints, "/refund-queue/messages", &json!({"text": text})).await;
+        assert_eq!(added.status, 201, "{}", added.body);
+    }
+    let got = queue_messages(&queue_get(&sas, "&numofmessages=2&visibilitytimeout=1").await);
+    let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["first", "second"], "oldest first");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Visible again, but nobody dequeued the first one: its receipt still deletes it.
+    let (first, second) = (&got[0], &got[1]);
+    let deleted = queue_delete(&sas, &first.id, first.pop_receipt.as_deref()).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+
+    // The second one is dequeued again: its old receipt is stale.
+    let again = queue_messages(&queue_get(&sas, "&numofmessages=32").await);
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].dequeue_count),
+        (second.id.as_str(), 2)
+    );
+    assert_ne!(again[0].pop_receipt, second.pop_receipt);
+    assert_azure_error(
+        &queue_delete(&sas, &second.id, second.pop_receipt.as_deref()).await,
+        400,
+        "PopReceiptMismatch",
+    );
+    let deleted = queue_delete(&sas, &second.id, again[0].pop_receipt.as_deref()).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert_azure_error(
+        &queue_delete(&sas, &second.id, again[0].pop_receipt.as_deref()).await,
+        404,
+        "MessageNotFound",
+    );
+}
+
+#[tokio::test]
+async fn queue_requests_need_a_current_unaltered_sas() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let sas = sas_uri(&endpoints, &token).await;
+    assert_eq!(queue_get(&sas, "").await.status, 200);
+    let sig = sas.split("&sig=").nth(1).unwrap().to_owned();
+    let (queue, query) = sas.split_once('?').unwrap();
+    let altered = [
+        ("no sig", sas.replace(&format!("&sig={sig}"), "")),
+        ("other sig", sas.replace(&sig, "AAAA")),
+        ("read only", sas.replace("sp=rp", "sp=r")),
+        ("longer", sas.replace("%3A00Z", "%3A59Z")),
+        ("other queue", format!("{queue}x?{query}")),
+    ];
+    for (case, uri) in altered {
+        let refused = queue_get(&uri, "").await;
+        assert_azure_error(&refused, 403, "AuthenticationFailed");
+        assert!(
+            refused.body.contains("Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly including the signature."),
+            "{case}: {}",
+            refused.body
+        );
+        assert!(!refused.body.contains(&sig), "{case}: the sig is echoed");
+    }
+    // Peek needs only read.
+    let read_only = sas.replace("sp=rp", "sp=r");
+    assert_eq!(
+        queue_get(&read_only, "&peekonly=true").await.status,
+        403,
+        "the sig covers sp"
+    );
+
+    let rotated = reqwest::Client::new()
+        .post(format!(
+            "{}emulator/refund-queue/rotate-key",
+            endpoints.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status().as_u16(), 204);
+    for extra in ["", "&peekonly=true"] {
+        assert_azure_error(&queue_get(&sas, extra).await, 403, "AuthenticationFailed");
+    }
+    assert_azure_error(
+        &queue_delete(&sas, "00000000-0000-4000-8000-000000000000", Some("x")).await,
+        403,
+        "AuthenticationFailed",
+    );
+    let fresh = sas_uri(&endpoints, &token).await;
+    assert_ne!(fresh, sas);
+    assert_eq!(queue_get(&fresh, "").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_admin_refund_changes_the_order_and_enqueues_its_event() {
+    use msstore_facade::emulator::catalog::SANDBOX_FREE_DURABLE;
+    use msstore_facade::emulator::SANDBOX_USER_ID;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let sas = sas_uri(&endpoints, &token).await;
+    let key = purchase_key(SANDBOX_USER_ID);
+    let mut body = grant_body(&key, SANDBOX_FREE_DURABLE, &order_id(1));
+    body["sbx"] = json!("XDKS.1");
+    let granted = grant(&endpoints, &token, &body).await;
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    let line_item = granted.json()["orderLineItems"][0]["lineItemId"].clone();
+
+    let refunded = admin(&endpoints, "/refunds", &json!({"orderId": order_id(1)})).await;
+    assert_eq!(refunded.status, 200, "{}", refunded.body);
+    let event = refunded.json()["event"].clone();
+    assert!(is_guid(&event["id"]), "{event}");
+    assert_eq!(event["source"], "/Purchase/Refund");
+    assert_eq!(event["type"], "ClawbackEventContractV2");
+    assert_eq!(event["subject"], order_id(1));
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["datacontenttype"], "application/json");
+    let data = &event["data"];
+    assert_eq!(data["eventState"], "Refunded");
+    assert_eq!(data["orderId"], order_id(1));
+    assert_eq!(data["lineItemId"], line_item);
+    assert_eq!(data["productId"], SANDBOX_FREE_DURABLE);
+    assert_eq!(data["productType"], "Durable");
+    assert_eq!(data["skuId"], "0010");
+    assert_eq!(data["sandboxId"], "XDKS.1");
+    assert!(data.get("recurrenceData").is_none());
+
+    let (orders, _) = all_orders(&endpoints, &token, &key, Some(json!(["Refunded"]))).await;
+    let order = orders
+        .iter()
+        .find(|o| o["orderId"] == order_id(1))
+        .unwrap_or_else(|| panic!("the refunded order is listed: {orders:?}"));
+    assert_eq!(order["orderLineItems"][0]["lineItemState"], "Refunded");
+    assert!(order["orderRefundedDate"].is_string(), "{order}");
+
+    let messages = dequeue_all(&sas).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].id, refunded.json()["messageId"]);
+    assert_eq!(messages[0].event(), event);
+
+    // A seed order of another user: revoked on a chargeback, then reversed.
+    let alice = purchase_key("alice");
+    let (alices, _) = all_orders(&endpoints, &token, &alice, Some(json!(["Purchased"]))).await;
+    let seed = alices[0]["orderId"].as_str().unwrap().to_owned();
+    let revoke = json!({"orderId": seed, "userId": "alice", "eventState": "Revoked", "source": "Chargeback"});
+    let revoked = admin(&endpoints, "/refunds", &revoke).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(revoked.json()["event"]["source"], "/Purchase/Chargeback");
+    let product = alices[0]["orderLineItems"][0]["productId"].clone();
+    let kind = if product == "9NSANDBOXCNS" {
+        "Consumable"
+    } else {
+        "UnmanagedConsumable"
+    };
+    assert_eq!(revoked.json()["event"]["data"]["productType"], kind);
+    let (revoked_orders, _) =
+        all_orders(&endpoints, &token, &alice, Some(json!(["Revoked"]))).await;
+    let listed = revoked_orders
+        .iter()
+        .find(|o| o["orderId"] == seed.as_str())
+        .expect("revoked");
+    assert_eq!(
+        listed["orderLineItems"][0]["wasConsumableQuantityRevoked"],
+        true
+    );
+    let reversal = json!({"orderId": seed, "userId": "alice", "eventState": "ChargebackReversal"});
+    let reversed = admin(&endpoints, "/refunds", &reversal).await;
+    assert_eq!(reversed.status, 200, "{}", reversed.body);
+    assert_eq!(reversed.json()["event"]["source"], "/Purchase/Chargeback");
+    let (purchased, _) = all_orders(&endpoints, &token, &alice, Some(json!(["Purchased"]))).await;
+    assert!(purchased.iter().any(|o| o["orderId"] == seed.as_str()));
+    let states: Vec<Value> = dequeue_all(&sas)
+        .await
+        .iter()
+        .map(|m| m.event()["data"]["eventState"].clone())
+        .collect();
+    assert_eq!(states, [json!("Revoked"), json!("ChargebackReversal")]);
+
+    let unknown = admin(&endpoints, "/refunds", &json!({"orderId": order_id(77)})).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.json()["error"], "OrderNotFound");
+    assert!(unknown.body.contains(&order_id(77)), "{}", unknown.body);
+    let other_user = json!({"orderId": order_id(1), "userId": "bob"});
+    assert_eq!(admin(&endpoints, "/refunds", &other_user).await.status, 404);
+    let line = json!({"orderId": order_id(1), "lineItemId": "nope"});
+    assert_eq!(
+        admin(&endpoints, "/refunds", &line).await.json()["error"],
+        "LineItemNotFound"
+    );
+    let bad = admin(
+        &endpoints,
+        "/refunds",
+        &json!({"orderId": order_id(1), "eventState": "Lost"}),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["field"], "eventState");
+}
+
+#[tokio::test]
+async fn granting_the_revoked_on_grant_product_yields_a_revoked_event() {
+    use msstore_facade::emulator::catalog::SANDBOX_REVOKED_ON_GRANT;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let sas = sas_uri(&endpoints, &token).await;
+    let key = purchase_key("carol");
+    let body = grant_body(&key, SANDBOX_REVOKED_ON_GRANT, &order_id(5));
+    let granted = grant(&endpoints, &token, &body).await;
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    assert_eq!(granted.json()["orderState"], "Purchased");
+    let line_item = granted.json()["orderLineItems"][0]["lineItemId"].clone();
+
+    let (orders, _) = all_orders(&endpoints, &token, &key, None).await;
+    let order = orders.last().unwrap();
+    assert_eq!(order["orderId"], order_id(5));
+    assert_eq!(order["orderLineItems"][0]["lineItemState"], "Revoked");
+    assert!(order["orderRefundedDate"].is_string(), "{order}");
+
+    let messages = dequeue_all(&sas).await;
+    assert_eq!(messages.len(), 1);
+    let event = messages[0].event();
+    assert_eq!(event["source"], "/Purchase/Refund");
+    let data = &event["data"];
+    assert_eq!(data["eventState"], "Revoked");
+    assert_eq!(data["productId"], SANDBOX_REVOKED_ON_GRANT);
+    assert_eq!(data["productType"], "Consumable");
+    assert_eq!(data["lineItemId"], line_item);
+    assert_eq!(data["sandboxId"], "RETAIL");
+
+    let replay = grant(&endpoints, &token, &body).await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    let peeked = queue_messages(&queue_get(&sas, "&peekonly=true").await);
+    assert!(
+        peeked.is_empty(),
+        "a replay refunds nothing more: {peeked:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_refund_enqueues_a_returned_event_with_recurrence_data() {
+    use msstore_facade::emulator::catalog::SANDBOX_PASS;
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let sas = sas_uri(&endpoints, &token).await;
+    let key = purchase_key("dave");
+    let buyer = Buyer::new(&endpoints, &token, &key);
+    let pass = buyer.recurrences().await[0].clone();
+    assert_eq!(pass["productId"], SANDBOX_PASS);
+    let id = pass["id"].as_str().unwrap();
+    let changed = buyer.change(id, "Refund", None).await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+
+    let messages = dequeue_all(&sas).await;
+    assert_eq!(messages.len(), 1);
+    let event = messages[0].event();
+    assert_eq!(event["source"], "/Purchase/Refund");
+    let data = &event["data"];
+    assert_eq!(data["eventState"], "Returned");
+    assert_eq!(data["productId"], SANDBOX_PASS);
+    assert_eq!(data["productType"], "Pass");
+    assert!(
+        is_guid(&data["orderId"]) && is_guid(&data["lineItemId"]),
+        "{data}"
+    );
+    assert_eq!(event["subject"], data["orderId"]);
+    let recurrence = &data["recurrenceData"];
+    assert_eq!(recurrence["recurrenceId"], id);
+    assert_eq!(recurrence["refundType"], "Full");
+    assert_eq!(recurrence["durationInDays"], 5 * 365);
+    let start = chrono_seconds(recurrence["durationIntervalStart"].as_str().unwrap());
+    let start_time = pass["startTime"].as_str().unwrap();
+    assert_eq!(chrono_seconds(&start_time[..19]), start, "{start_time}");
+    assert_eq!(
+        recurrence["consumedDurationInDays"],
+        (now() - start) / 86_400
+    );
+}
+
+#[tokio::test]
+async fn refund_queue_faults_answer_as_configured_then_stop() {
+    let (_emulator, endpoints, token) = emulator_and_token().await;
+    let fault = |operation: &str, magic: &str, times: Option<u32>| {
+        let mut body = json!({"operation": operation, "magic": magic});
+        if let Some(times) = times {
+            body["times"] = json!(times);
+        }
+        body
+    };
+    let set = admin(
+        &endpoints,
+        "/refund-queue/faults",
+        &fault("sastoken", "MAGIC-503", Some(2)),
+    )
+    .await;
+    assert_eq!(set.status, 204, "{}", set.body);
+    for _ in 0..2 {
+        assert_eq!(sas_token(&endpoints, &token).await.status, 503);
+    }
+    let sas = sas_uri(&endpoints, &token).await;
+
+    admin(
+        &endpoints,
+        "/refund-queue/faults",
+        &fault("get", "MAGIC-429", None),
+    )
+    .await;
+    admin(
+        &endpoints,
+        "/refund-queue/faults",
+        &fault("get", "MAGIC-MALFORMED", None),
+    )
+    .await;
+    let throttled = queue_get(&sas, "").await;
+    assert_eq!(throttled.status, 429, "{}", throttled.body);
+    assert_eq!(throttled.header("retry-after"), "30");
+    let malformed = queue_get(&sas, "&peekonly=true").await;
+    assert_eq!(malformed.status, 200);
+    assert!(malformed.body.starts_with("<html>"), "{}", malformed.body);
+    assert_eq!(
+        queue_get(&sas, "").await.status,
+        200,
+        "the faults are spent"
+    );
+
+    admin(&endpoints, "/refund-queue/messages", &json!({"text": "x"})).await;
+    let got = queue_messages(&queue_get(&sas, "").await);
+    admin(
+        &endpoints,
+        "/refund-queue/faults",
+        &fault("delete", "MAGIC-RESET", None),
+    )
+    .await;
+    let reset = reqwest::Client::new()
+        .delete(queue_url(
+            &sas,
+            &format!("/messages/{}", got[0].id),
+            "&popreceipt=x",
+        ))
+        .send()
+        .await;
+    assert!(reset.is_err(), "the connection is reset");
+    let deleted = queue_delete(&sas, &got[0].id, got[0].pop_receipt.as_deref()).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+
+    for (body, field) in [
+        (fault("put", "MAGIC-503", None), "operation"),
+        (fault("get", "MAGIC-OK", None), "magic"),
+        (fault("get", "MAGIC-503", Some(0)), "times"),
+    ] {
+        let refused = admin(&endpoints, "/refund-queue/faults", &body).await;
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        assert_eq!(refused.json()["field"], field);
+    }
+}

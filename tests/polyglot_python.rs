@@ -652,3 +652,88 @@ async fn python_callers_use_the_purchase_rpcs_against_the_sandbox() {
         "{throttled:#}"
     );
 }
+
+/// A refund reconciliation loop from Python, against the sandbox emulator: a grant of the
+/// magic product that is revoked at once, the pull that brings its typed event, the
+/// acknowledgement with the pulled ack ids, an empty pull after it, and each error class's
+/// details (the emulator's fault on the SAS endpoint for RetryInfo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_callers_run_a_refund_reconciliation_loop_against_the_sandbox() {
+    use msstore_facade::emulator::catalog::SANDBOX_REVOKED_ON_GRANT;
+    use msstore_facade::emulator::StoreKeySpec;
+    use msstore_facade::upstream::Host;
+
+    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let emulator = start_emulator().await;
+    let facade = Facade::start(sandbox_settings(&emulator)).await;
+    // The Store throttles the first SAS request.
+    let fault = reqwest::Client::new()
+        .post(format!(
+            "{}emulator/refund-queue/faults",
+            emulator.endpoints().base_url()
+        ))
+        .json(&json!({"operation": "sastoken", "magic": "MAGIC-429", "times": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(fault.status().is_success());
+    let key = StoreKeySpec::new(Host::Purchase)
+        .user_id("py-refunded")
+        .mint();
+    let order_id = "1d2c3b4a-5f6e-4d7c-8b9a-0f1e2d3c4b5a";
+
+    const PULL: &str = "msstore.v1.StoreRefunds/PullRefundEvents";
+    const ACK: &str = "msstore.v1.StoreRefunds/AcknowledgeRefundEvents";
+    let scenarios = json!([
+        {"name": "pull_throttled", "method": PULL, "request": {}, "timeout": 3},
+        {
+            "name": "grant", "method": "msstore.v1.StorePurchases/GrantFreeProduct",
+            "request": {"user_key": key, "product_id": SANDBOX_REVOKED_ON_GRANT, "sku_id": "0010",
+                        "availability_id": "9PSANDBOXAVL", "language": "en-us", "market": "us",
+                        "order_id": order_id},
+        },
+        {"name": "pull", "method": PULL, "request": {"max_events": 32}},
+        {"name": "ack", "method": ACK, "ack_ids_from": "pull"},
+        {"name": "pull_after", "method": PULL, "request": {"max_events": 32}},
+        {"name": "pull_invalid", "method": PULL, "request": {"max_events": 40}},
+        {"name": "ack_invalid", "method": ACK, "request": {"ack_ids": ["not-an-ack-id"]}},
+    ]);
+    let addr = facade.addr;
+    let results = tokio::task::spawn_blocking(move || run_client(&python, addr, &scenarios))
+        .await
+        .unwrap();
+    let result = |name: &str| &results[name];
+
+    let throttled = result("pull_throttled");
+    assert_error(throttled, "RESOURCE_EXHAUSTED", "127.0.0.1");
+    assert_eq!(
+        throttled["retry_delay_seconds"],
+        json!(30.0),
+        "{throttled:#}"
+    );
+    assert_eq!(text(result("grant"), "/code"), "OK");
+
+    let pull = result("pull");
+    assert_eq!(text(pull, "/code"), "OK", "{pull:#}");
+    let events = pull["response"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{pull:#}");
+    assert_eq!(text(&events[0], "/state"), "REFUND_EVENT_STATE_REVOKED");
+    assert_eq!(text(&events[0], "/order_id"), order_id);
+    assert_eq!(text(&events[0], "/product_id"), SANDBOX_REVOKED_ON_GRANT);
+    let ack = result("ack");
+    assert_eq!(text(ack, "/code"), "OK", "{ack:#}");
+    assert_eq!(
+        strings(ack, "/response/acknowledged"),
+        [text(&events[0], "/ack_id")]
+    );
+    let after = result("pull_after");
+    assert_eq!(text(after, "/code"), "OK");
+    assert!(after["response"]["events"].is_null(), "{after:#}");
+
+    let invalid = result("pull_invalid");
+    assert_error(invalid, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(strings(invalid, "/bad_request_fields"), ["max_events"]);
+    let ack_invalid = result("ack_invalid");
+    assert_error(ack_invalid, "INVALID_ARGUMENT", "msstore-facade");
+    assert_eq!(strings(ack_invalid, "/bad_request_fields"), ["ack_ids"]);
+}

@@ -22,7 +22,7 @@
 //! the bundle, the promotional durable, `MAGIC-RESET-AFTER-COMMIT`. Each duplicate comes at
 //! least two items after its first copy, so pages of two put the copies on different pages.
 //!
-//! Grant (`POST /purchase/v7.0/purchases/grant`) knows three offers, which no user owns until
+//! Grant (`POST /purchase/v7.0/purchases/grant`) knows four offers, which no user owns until
 //! granted: then they follow the 11 items above, one item per product.
 //!
 //! | product id | constant | kind | price |
@@ -30,6 +30,7 @@
 //! | `9NSANDBOXFRD` | [`SANDBOX_FREE_DURABLE`] | `Durable` | free |
 //! | `9NSANDBOXFRC` | [`SANDBOX_FREE_CONSUMABLE`] | `Consumable` | free |
 //! | `9NSANDBOXPAY` | [`SANDBOX_PRICED_DURABLE`] | `Durable` | 4.99 USD: grant refuses it |
+//! | `9NSANDBOXRVK` | [`SANDBOX_REVOKED_ON_GRANT`] | `Consumable` | free; each new grant is revoked at once (a `Revoked` refund event, [`super::refunds`]) |
 //!
 //! Every user has seven subscriptions (`POST /purchase/v8.0/b2b/recurrences/query`):
 //! [`SANDBOX_PASS`] `Active`, [`SANDBOX_SUB_DUNNING`] `InDunning`, [`SANDBOX_SUB_CANCELED`]
@@ -64,6 +65,9 @@ pub const SANDBOX_FREE_DURABLE: &str = "9NSANDBOXFRD";
 pub const SANDBOX_FREE_CONSUMABLE: &str = "9NSANDBOXFRC";
 /// A durable that costs money and that no user owns: grant refuses it as not free.
 pub const SANDBOX_PRICED_DURABLE: &str = "9NSANDBOXPAY";
+/// A free store-managed consumable whose every new grant is refunded at once: the order's
+/// line item turns `Revoked` and a `Revoked` refund event goes into the refund queue.
+pub const SANDBOX_REVOKED_ON_GRANT: &str = "9NSANDBOXRVK";
 /// A subscription every user has, `InDunning` (payment failing, in its grace period).
 pub const SANDBOX_SUB_DUNNING: &str = "9NSANDBOXSDN";
 /// A subscription every user has, `Canceled`.
@@ -284,9 +288,9 @@ pub(super) struct Offer {
 /// The currency of every [`Offer`].
 pub(super) const OFFER_CURRENCY: &str = "USD";
 
-/// The offers grant knows: two free products and one priced one. Every other catalog product
-/// counts as priced too.
-pub(super) const OFFERS: [Offer; 3] = [
+/// The offers grant knows: three free products and one priced one. Every other catalog
+/// product counts as priced too.
+pub(super) const OFFERS: [Offer; 4] = [
     Offer {
         product_id: SANDBOX_FREE_DURABLE,
         kind: ProductKind::Durable,
@@ -305,6 +309,12 @@ pub(super) const OFFERS: [Offer; 3] = [
         list_price: 4.99,
         title: "Sandbox priced durable",
     },
+    Offer {
+        product_id: SANDBOX_REVOKED_ON_GRANT,
+        kind: ProductKind::Consumable,
+        list_price: 0.0,
+        title: "Sandbox consumable revoked on grant",
+    },
 ];
 
 /// The offer of `product_id` (compared without regard to ASCII case).
@@ -312,6 +322,21 @@ pub(super) fn offer(product_id: &str) -> Option<&'static Offer> {
     OFFERS
         .iter()
         .find(|o| o.product_id.eq_ignore_ascii_case(product_id))
+}
+
+/// The `productType` of `product_id` in a refund event: its kind in the collections listing
+/// or among the offers; `Pass` for every subscription; `Durable` for anything else.
+pub(super) fn product_type(product_id: &str) -> &'static str {
+    product(product_id)
+        .map(|(_, kind)| kind)
+        .or_else(|| offer(product_id).map(|o| o.kind))
+        .or_else(|| {
+            SUBSCRIPTIONS
+                .iter()
+                .any(|s| s.product_id.eq_ignore_ascii_case(product_id))
+                .then_some(ProductKind::Pass)
+        })
+        .map_or("Durable", ProductKind::as_str)
 }
 
 /// The item the collections query lists for `offer` once granted to `user` ([`super::grant`]):

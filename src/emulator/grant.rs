@@ -17,7 +17,13 @@
 //!   new `orderId` is a new order, even of a product already granted.
 //! - A granted product shows in the user's collections query ([`super::collections`]; one
 //!   item per product, a consumable's `quantity` being how many times it was granted) and its
-//!   order in the orders query ([`super::orders`], line item `Purchased`).
+//!   order in the orders query ([`super::orders`], line item `Purchased`, made in the sandbox
+//!   `sbx` names, `RETAIL` when none).
+//! - [`SANDBOX_REVOKED_ON_GRANT`](catalog::SANDBOX_REVOKED_ON_GRANT) (`9NSANDBOXRVK`) is
+//!   granted like the other free products, and then at once refunded: its order's line item
+//!   turns `Revoked` (with `orderRefundedDate`) and a `Revoked` event (source
+//!   `/Purchase/Refund`) goes into the refund queue of the token's application
+//!   ([`super::refunds`]). A replay of its `orderId` refunds nothing more.
 //!
 //! Answer 200: the order, camelCase: `clientContext, createdTime, currencyCode, friendlyName,
 //! isPIRequired, language, market, orderId, orderLineItems, orderState ("Purchased"),
@@ -44,7 +50,8 @@ use super::catalog::{self, Offer, OFFER_CURRENCY, SANDBOX_SKU};
 use super::clock::{guid_for, now, store_timestamp};
 use super::connection::ConnectionControl;
 use super::magic::MAGIC_SLOW_PREFIX;
-use super::{host_prefix, store_answer, EmulatorState};
+use super::orders::RETAIL;
+use super::{host_prefix, refunds, store_answer, EmulatorState};
 use crate::auth::is_guid;
 use crate::upstream::Host;
 
@@ -76,6 +83,7 @@ struct GrantRequest {
     order_id: String,
     product_id: String,
     sku_id: String,
+    sbx: Option<String>,
 }
 
 impl GrantRequest {
@@ -90,6 +98,7 @@ impl GrantRequest {
             order_id: body.required_text("orderId")?,
             product_id: body.required_text("productId")?,
             sku_id: body.required_text("skuId")?,
+            sbx: body.optional("sbx")?,
             key,
         };
         if !is_guid(&request.order_id) {
@@ -101,7 +110,6 @@ impl GrantRequest {
                 "The only supported quantity is 1.",
             ));
         }
-        body.optional::<String>("sbx")?;
         Ok(request)
     }
 }
@@ -128,6 +136,8 @@ pub(super) struct GrantedOrder {
     pub(super) sku_id: String,
     /// When it was granted, in seconds since the Unix epoch.
     pub(super) created: i64,
+    /// The grant's `sbx`, `RETAIL` when it had none.
+    pub(super) sandbox: String,
     /// The grant's answer, replayed as is.
     order: Value,
 }
@@ -197,14 +207,15 @@ impl GrantBook {
         owned
     }
 
-    /// Grants `offer` to `user` as `request.order_id` asks, or answers the order that
-    /// `order_id` already made; `None` when that order was of another product or SKU.
+    /// Grants `offer` to `user` as `request.order_id` asks (the order and `true`), or answers
+    /// the order that `order_id` already made (and `false`); `None` when that order was of
+    /// another product or SKU.
     fn grant(
         &self,
         user: &StoreUser,
         offer: &'static Offer,
         request: &GrantRequest,
-    ) -> Option<Value> {
+    ) -> Option<(Value, bool)> {
         let mut orders = self.lock();
         let kept = orders.entry(user.user_id.clone()).or_default();
         if let Some(order) = kept
@@ -212,7 +223,7 @@ impl GrantBook {
             .find(|o| o.order_id.eq_ignore_ascii_case(&request.order_id))
         {
             let same = order.offer.product_id == offer.product_id && order.sku_id == request.sku_id;
-            return same.then(|| order.order.clone());
+            return same.then(|| (order.order.clone(), false));
         }
         let created = now();
         let line_item_id = guid_for(&[
@@ -227,9 +238,10 @@ impl GrantBook {
             offer,
             sku_id: request.sku_id.clone(),
             created,
+            sandbox: request.sbx.clone().unwrap_or_else(|| RETAIL.to_owned()),
             order: order.clone(),
         });
-        Some(order)
+        Some((order, true))
     }
 }
 
@@ -343,7 +355,12 @@ async fn grant(
         Err(bad) => return bad.answer(&headers),
     };
     match state.grants.grant(&user, offer, &request) {
-        Some(order) => store_answer::json_answer(StatusCode::OK, &headers, &order),
+        Some((order, fresh)) => {
+            if fresh && offer.product_id == catalog::SANDBOX_REVOKED_ON_GRANT {
+                refunds::revoke_on_grant(&state, &user, &request.order_id);
+            }
+            store_answer::json_answer(StatusCode::OK, &headers, &order)
+        }
         None => store_answer::refused(
             &headers,
             StatusCode::CONFLICT,
@@ -393,6 +410,7 @@ mod tests {
             free_offer(&GrantRequest::parse_body(&body(product, extra)).unwrap())
         };
         assert!(offer_of(catalog::SANDBOX_FREE_CONSUMABLE, json!({})).is_ok());
+        assert!(offer_of(catalog::SANDBOX_REVOKED_ON_GRANT, json!({})).is_ok());
         assert!(offer_of("MAGIC-SLOW-10", json!({})).is_ok());
         for product in [
             catalog::SANDBOX_PRICED_DURABLE,
@@ -416,7 +434,8 @@ mod tests {
         let durable = catalog::offer(catalog::SANDBOX_FREE_DURABLE).unwrap();
         let consumable = catalog::offer(catalog::SANDBOX_FREE_CONSUMABLE).unwrap();
         let first = book.grant(&user, durable, &request(durable.product_id));
-        assert!(first.is_some());
+        assert_eq!(first.as_ref().map(|(_, fresh)| *fresh), Some(true));
+        let first = first.map(|(order, _)| (order, false));
         assert_eq!(
             book.grant(&user, durable, &request(durable.product_id)),
             first

@@ -3,7 +3,10 @@
 //! renewal, the recurrences query and the orders query it is the key's `payload` claim
 //! (`msstore-facade sandbox-key --magic ...`; `MAGIC-400` names `key`, respectively `b2bKey`);
 //! for the collections query it is a `productId` in `productSkuIds`, for consume and grant the
-//! `productId`, for a recurrence change the `recurrenceId` path segment.
+//! `productId`, for a recurrence change the `recurrenceId` path segment. The refund endpoints
+//! (the clawback SAS token and the refund queue) carry no such value: a fault set with
+//! `POST /emulator/refund-queue/faults` makes their next requests answer as a magic id would
+//! ([`super::refunds`]).
 //!
 //! [`MAGIC_RESET_AFTER_COMMIT`] is different: not a failure [`Magic::parse`] knows, but a
 //! product of the sandbox catalog whose consume does its work and then loses the answer

@@ -10,13 +10,15 @@
 //! | `/login` | the Entra authority: `POST /login/{tenant}/oauth2/v2.0/token` |
 //! | `/bspmts` | Store for Business: `POST /bspmts/V1/Products/{p}/{s}/OfflineLicense/{c}` |
 //! | `/collections` | `POST /collections/v6.0/b2b/keys/renew`, `POST /collections/v9.0/collections/publisherQuery`, `POST /collections/v8.0/collections/consume` |
-//! | `/purchase` | `POST /purchase/v6.0/b2b/keys/renew`, `POST /purchase/v7.0/purchases/grant` (or `v6.0`), `POST /purchase/v8.0/b2b/recurrences/query`, `POST /purchase/v8.0/b2b/recurrences/{recurrenceId}/change`, `POST /purchase/v8.0/b2b/orders/query` |
+//! | `/purchase` | `POST /purchase/v6.0/b2b/keys/renew`, `POST /purchase/v7.0/purchases/grant` (or `v6.0`), `POST /purchase/v8.0/b2b/recurrences/query`, `POST /purchase/v8.0/b2b/recurrences/{recurrenceId}/change`, `POST /purchase/v8.0/b2b/orders/query`, `GET /purchase/v8.0/b2b/clawback/sastoken` ([`sas`]) |
+//! | `/queue` | the Azure Storage queues of refund events ([`queue`]): `GET /queue/{queue}/messages` (get, or peek with `peekonly=true`), `DELETE /queue/{queue}/messages/{messageId}` |
+//! | `/emulator` | the emulator's own control surface, no authentication ([`refunds`]): `POST /emulator/refunds`, `POST /emulator/refund-queue/rotate-key`, `POST /emulator/refund-queue/messages`, `POST /emulator/refund-queue/faults` |
 //!
 //! The sandbox application ([`SANDBOX_CLIENT_ID`], [`SANDBOX_CLIENT_SECRET`]) is the only
 //! registered client; any tenant is accepted. [`magic`] ids make it fail on purpose. Every
 //! sandbox user owns the [`catalog`] and has its subscriptions and seed orders; consumable
-//! balances, granted products, recurrence changes and the rate limit's counts live in the
-//! emulator's memory, from start to stop.
+//! balances, granted products, recurrence changes, refunds, the refund queues and the rate
+//! limit's counts live in the emulator's memory, from start to stop.
 
 mod b2b;
 mod business_store;
@@ -33,7 +35,10 @@ mod jwt;
 mod keys;
 pub mod magic;
 mod orders;
+mod queue;
 mod recurrences;
+mod refunds;
+mod sas;
 mod store_answer;
 
 use std::future::Future;
@@ -85,8 +90,11 @@ pub const BUSINESS_STORE_PREFIX: &str = "/bspmts";
 pub const COLLECTIONS_PREFIX: &str = "/collections";
 /// Path prefix of the purchase host.
 pub const PURCHASE_PREFIX: &str = "/purchase";
-/// Path prefix of the refund event queues (Azure Storage queues).
+/// Path prefix of the refund event queues (the Azure Storage queue service): what
+/// `--refund-queue-base-url` is set to, under the emulator's base URL.
 pub const REFUND_QUEUE_PREFIX: &str = "/queue";
+/// Path prefix of the emulator's own control surface (not a Microsoft endpoint).
+pub const ADMIN_PREFIX: &str = "/emulator";
 
 /// The path prefix under which the emulator serves `host`.
 pub fn host_prefix(host: Host) -> &'static str {
@@ -161,7 +169,8 @@ pub struct Emulator {
 /// What every handler shares.
 #[derive(Debug, Clone)]
 struct EmulatorState {
-    /// Put into renewed keys' `refreshUri`.
+    /// The emulator's base URL: put into renewed keys' `refreshUri` and the refund queue's
+    /// SAS URIs.
     refresh_base: Arc<Url>,
     /// Consumable balances and committed consumes.
     ledger: Arc<consume::Ledger>,
@@ -169,8 +178,12 @@ struct EmulatorState {
     rate_limiter: Arc<fgrl::RateLimiter>,
     /// The orders of granted free products.
     grants: Arc<grant::GrantBook>,
-    /// Changed recurrences and refunds.
+    /// Changed recurrences.
     recurrences: Arc<recurrences::RecurrenceBook>,
+    /// Order line items that refunds changed.
+    order_changes: Arc<orders::OrderChanges>,
+    /// The refund event queues, their SAS key and their faults.
+    refund_queue: Arc<queue::RefundQueue>,
 }
 
 impl Emulator {
@@ -207,6 +220,8 @@ impl Emulator {
             rate_limiter: Arc::default(),
             grants: Arc::default(),
             recurrences: Arc::default(),
+            order_changes: Arc::default(),
+            refund_queue: Arc::default(),
         };
         let app = router(state).into_make_service_with_connect_info::<ConnectionControl>();
         axum::serve(ResettableListener(self.listener), app)
@@ -276,6 +291,9 @@ fn router(state: EmulatorState) -> Router {
         .merge(grant::routes())
         .merge(recurrences::routes())
         .merge(orders::routes())
+        .merge(sas::routes())
+        .merge(queue::routes())
+        .merge(refunds::routes())
         .layer(middleware::from_fn(log_exchange))
         .with_state(state)
 }
@@ -314,5 +332,12 @@ async fn about() -> &'static str {
         "POST /purchase/v8.0/b2b/recurrences/query\n",
         "POST /purchase/v8.0/b2b/recurrences/{recurrenceId}/change\n",
         "POST /purchase/v8.0/b2b/orders/query\n",
+        "GET /purchase/v8.0/b2b/clawback/sastoken\n",
+        "GET /queue/{queue}/messages\n",
+        "DELETE /queue/{queue}/messages/{messageId}\n",
+        "POST /emulator/refunds (emulator only)\n",
+        "POST /emulator/refund-queue/rotate-key (emulator only)\n",
+        "POST /emulator/refund-queue/messages (emulator only)\n",
+        "POST /emulator/refund-queue/faults (emulator only)\n",
     )
 }

@@ -14,6 +14,10 @@
 //! three in each state: `Purchased`, `Revoked` (store-managed consumable,
 //! `wasConsumableQuantityRevoked` true, `orderRefundedDate`) and `Refunded` (`orderRefundedDate`,
 //! nothing revoked); plus every order granted to the user ([`super::grant`], `Purchased`).
+//! A refund ([`super::refunds`]: `POST /emulator/refunds`, or a grant of `9NSANDBOXRVK`)
+//! changes its order's line item as its event says: `Revoked` makes it `Revoked`, `Returned`
+//! and `Refunded` make it `Refunded`, each setting `orderRefundedDate` to the refund's time;
+//! `ChargebackReversal` makes it `Purchased` again and leaves `orderRefundedDate` as it was.
 //! Orders are listed oldest first, so new grants only add to the end; a page holds
 //! [`ORDERS_PAGE_SIZE`] orders (the API has no page size), `continuationToken` coming back only
 //! when more follow, bound to the user, the application and the filter (else 400 naming
@@ -22,6 +26,9 @@
 //! Answer: `{"items": [{"orderId", "shortOrderId", "orderLineItems": [{"lineItemId",
 //! "lineItemState", "productId", "quantity", "skuId", "wasConsumableQuantityRevoked"}],
 //! "orderPurchasedDate", "orderRefundedDate"?}], "continuationToken"?}`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -52,7 +59,7 @@ pub(super) fn routes() -> axum::Router<EmulatorState> {
 
 /// `lineItemState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum LineItemState {
+pub(super) enum LineItemState {
     Purchased,
     Revoked,
     Refunded,
@@ -105,17 +112,23 @@ fn fingerprint(query: &OrdersQuery, user: &StoreUser) -> String {
     format!("{:016x}", fnv1a(&parts, 5))
 }
 
+/// The `sbx` of seed orders, and of grants that named none.
+pub(super) const RETAIL: &str = "RETAIL";
+
 /// One order of the listing (every order has one line item).
 #[derive(Debug, Clone)]
-struct Order {
-    order_id: String,
-    line_item_id: String,
+pub(super) struct Order {
+    pub(super) order_id: String,
+    pub(super) line_item_id: String,
     state: LineItemState,
-    product_id: String,
+    pub(super) product_id: String,
     quantity: i64,
-    sku_id: String,
-    purchased: i64,
+    pub(super) sku_id: String,
+    /// Seconds since the Unix epoch, as every time here.
+    pub(super) purchased: i64,
     refunded: Option<i64>,
+    /// The sandbox the order was made in.
+    pub(super) sandbox: String,
 }
 
 impl Order {
@@ -147,6 +160,7 @@ impl Order {
             purchased,
             refunded: (state != LineItemState::Purchased)
                 .then_some(purchased + hours_to_refund * 3600),
+            sandbox: RETAIL.to_owned(),
         }
     }
 
@@ -160,6 +174,7 @@ impl Order {
             sku_id: order.sku_id.clone(),
             purchased: order.created,
             refunded: None,
+            sandbox: order.sandbox.clone(),
         }
     }
 
@@ -197,6 +212,55 @@ fn short_order_id(order_id: &str) -> String {
         .collect()
 }
 
+/// How a refund left an order's line item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LineChange {
+    pub(super) state: LineItemState,
+    /// `orderRefundedDate`; `None` leaves it as it was.
+    pub(super) refunded: Option<i64>,
+}
+
+/// The line items refunds changed, per user and order, in the emulator's memory.
+#[derive(Debug, Default)]
+pub(super) struct OrderChanges {
+    /// Per (userId, orderId in lower case).
+    lines: Mutex<HashMap<(String, String), LineChange>>,
+}
+
+impl OrderChanges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), LineChange>> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records `change` of `user`'s order `order_id`.
+    pub(super) fn set(&self, user: &str, order_id: &str, change: LineChange) {
+        let key = (user.to_owned(), order_id.to_ascii_lowercase());
+        let mut lines = self.lock();
+        let refunded = change
+            .refunded
+            .or_else(|| lines.get(&key).and_then(|c| c.refunded));
+        lines.insert(
+            key,
+            LineChange {
+                state: change.state,
+                refunded,
+            },
+        );
+    }
+
+    /// `order` as the refunds of `user` left it.
+    fn apply(&self, user: &str, mut order: Order) -> Order {
+        let key = (user.to_owned(), order.order_id.to_ascii_lowercase());
+        if let Some(change) = self.lock().get(&key) {
+            order.state = change.state;
+            order.refunded = change.refunded.or(order.refunded);
+        }
+        order
+    }
+}
+
 /// Every order of `user` in `states`, oldest first.
 fn listing(state: &EmulatorState, user: &str, states: &[LineItemState]) -> Vec<Order> {
     let today = now().div_euclid(86_400) * 86_400;
@@ -205,8 +269,18 @@ fn listing(state: &EmulatorState, user: &str, states: &[LineItemState]) -> Vec<O
         .collect();
     orders.sort_by_key(|order| order.purchased);
     orders.extend(state.grants.orders_of(user).iter().map(Order::granted));
-    orders.retain(|order| states.contains(&order.state));
     orders
+        .into_iter()
+        .map(|order| state.order_changes.apply(user, order))
+        .filter(|order| states.contains(&order.state))
+        .collect()
+}
+
+/// `user`'s order `order_id` (compared without regard to case), as the orders query lists it.
+pub(super) fn find_order(state: &EmulatorState, user: &str, order_id: &str) -> Option<Order> {
+    listing(state, user, &EVERY_STATE)
+        .into_iter()
+        .find(|order| order.order_id.eq_ignore_ascii_case(order_id))
 }
 
 /// `POST /purchase/v8.0/b2b/orders/query`.
@@ -252,5 +326,41 @@ mod tests {
             assert_eq!(orders.iter().filter(|o| o.state == state).count(), 4);
         }
         assert_ne!(orders[0].order_id, Order::seed("v", 0, today).order_id);
+    }
+
+    #[test]
+    fn refunds_change_the_line_and_a_reversal_keeps_the_refunded_date() {
+        let changes = OrderChanges::default();
+        let today = now().div_euclid(86_400) * 86_400;
+        let order = Order::seed("u", 0, today);
+        assert_eq!(order.state, LineItemState::Purchased);
+        let revoked = LineChange {
+            state: LineItemState::Revoked,
+            refunded: Some(today),
+        };
+        changes.set("u", &order.order_id.to_uppercase(), revoked);
+        let changed = changes.apply("u", order.clone());
+        assert_eq!(
+            (changed.state, changed.refunded),
+            (revoked.state, Some(today))
+        );
+        assert_eq!(
+            changed.item()["orderLineItems"][0]["wasConsumableQuantityRevoked"],
+            true
+        );
+        let reversal = LineChange {
+            state: LineItemState::Purchased,
+            refunded: None,
+        };
+        changes.set("u", &order.order_id, reversal);
+        let reversed = changes.apply("u", order.clone());
+        assert_eq!(
+            (reversed.state, reversed.refunded),
+            (LineItemState::Purchased, Some(today))
+        );
+        assert_eq!(
+            changes.apply("v", order.clone()).state,
+            LineItemState::Purchased
+        );
     }
 }

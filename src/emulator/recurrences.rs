@@ -29,7 +29,8 @@
 //! - `Cancel`: `Canceled`, `cancellationDate` now, auto-renew off;
 //! - `Extend`: both expiration times move by the days;
 //! - `Refund`: `Canceled`, `cancellationDate` and both expiration times now, auto-renew off;
-//!   the refund is recorded ([`RecurrenceBook::refunds`]);
+//!   a `Returned` refund event (source `/Purchase/Refund`) with `recurrenceData` goes into
+//!   the refund queue of the token's application ([`super::refunds`]);
 //! - `ToggleAutoRenew`: auto-renew off (it never turns it on).
 //!
 //! A change other than `ToggleAutoRenew` of a terminal recurrence (`Inactive`, `Canceled`,
@@ -58,7 +59,7 @@ use super::catalog::{
 use super::clock::{fnv1a, now, store_timestamp};
 use super::connection::ConnectionControl;
 use super::magic::MAGIC_SLOW_PREFIX;
-use super::{host_prefix, store_answer, EmulatorState};
+use super::{host_prefix, refunds, store_answer, EmulatorState};
 use crate::upstream::Host;
 
 /// `pageSize` of a recurrence query that has none (UWP documents 25).
@@ -222,14 +223,27 @@ enum ChangeRefusal {
     Terminal(RecurrenceState),
 }
 
-/// A refunded recurrence, kept for the refund events to come.
+/// A refunded recurrence, for its refund event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Refund {
     pub(super) user_id: String,
     pub(super) recurrence_id: String,
     pub(super) product_id: &'static str,
-    /// When, in seconds since the Unix epoch.
+    /// When the refunded interval started (the recurrence's `startTime`), in seconds since
+    /// the Unix epoch, as every time here.
+    pub(super) interval_start: i64,
+    /// How long the interval was to run, in whole days (until `expirationTime` before the
+    /// refund).
+    pub(super) duration_days: i64,
+    /// When it was refunded.
     pub(super) refunded_at: i64,
+}
+
+impl Refund {
+    /// The whole days of the interval used before the refund (0 to `duration_days`).
+    pub(super) fn consumed_days(&self) -> i64 {
+        ((self.refunded_at - self.interval_start) / DAY).clamp(0, self.duration_days.max(0))
+    }
 }
 
 /// The recurrences that changed, per user, and the refunds, in the emulator's memory.
@@ -242,7 +256,6 @@ pub(super) struct RecurrenceBook {
 struct BookState {
     /// Per (userId, productId): the recurrence as last changed.
     changed: HashMap<(String, &'static str), Recurrence>,
-    refunds: Vec<Refund>,
 }
 
 impl RecurrenceBook {
@@ -266,14 +279,15 @@ impl RecurrenceBook {
             .collect()
     }
 
-    /// Applies `change` to `user`'s recurrence `id` at `at`.
+    /// Applies `change` to `user`'s recurrence `id` at `at`: the changed recurrence, and
+    /// the refund it was, if it was one.
     fn change(
         &self,
         user: &str,
         id: &str,
         change: Change,
         at: i64,
-    ) -> Result<Recurrence, ChangeRefusal> {
+    ) -> Result<(Recurrence, Option<Refund>), ChangeRefusal> {
         let subscription = SUBSCRIPTIONS
             .iter()
             .find(|s| recurrence_id(user, s.product_id) == id)
@@ -286,22 +300,16 @@ impl RecurrenceBook {
             .cloned()
             .unwrap_or_else(|| Recurrence::seed(user, subscription, today(at)));
         let next = current.changed(change, at)?;
-        if change == Change::Refund {
-            book.refunds.push(Refund {
-                user_id: user.to_owned(),
-                recurrence_id: id.to_owned(),
-                product_id: subscription.product_id,
-                refunded_at: at,
-            });
-        }
+        let refund = (change == Change::Refund).then(|| Refund {
+            user_id: user.to_owned(),
+            recurrence_id: id.to_owned(),
+            product_id: subscription.product_id,
+            interval_start: current.start,
+            duration_days: (current.expiration - current.start) / DAY,
+            refunded_at: at,
+        });
         book.changed.insert(key, next.clone());
-        Ok(next)
-    }
-
-    /// Every refund so far, oldest first.
-    #[allow(dead_code)] // for the refund events (clawback v2), not served yet
-    pub(super) fn refunds(&self) -> Vec<Refund> {
-        self.lock().refunds.clone()
+        Ok((next, refund))
     }
 }
 
@@ -330,6 +338,7 @@ struct ChangeRequest {
     key: PurchaseKey,
     recurrence_id: String,
     change: Change,
+    sbx: Option<String>,
 }
 
 impl ChangeRequest {
@@ -350,11 +359,11 @@ impl ChangeRequest {
                 ))
             }
         };
-        body.optional::<String>("sbx")?;
         Ok(Self {
             key,
             recurrence_id,
             change,
+            sbx: body.optional("sbx")?,
         })
     }
 }
@@ -442,7 +451,15 @@ async fn recurrence_change(
         .recurrences
         .change(&user.user_id, &id, request.change, now());
     match changed {
-        Ok(recurrence) => {
+        Ok((recurrence, refund)) => {
+            if let Some(refund) = refund {
+                refunds::subscription_refunded(
+                    &state,
+                    &user.client_id,
+                    &refund,
+                    request.sbx.as_deref(),
+                );
+            }
             let item = recurrence.item(&user.user_id);
             let answer = if recurrence.product_id == SANDBOX_SUB_TRIAL {
                 json!({ "items": [item] })
@@ -504,12 +521,13 @@ mod tests {
     fn changes_stick_per_user_and_terminal_recurrences_refuse_them() {
         let book = RecurrenceBook::default();
         let id = |product| recurrence_id("u", product);
-        let pass = book
+        let (pass, refund) = book
             .change("u", &id(SANDBOX_PASS), Change::Extend(-3), AT)
             .unwrap();
+        assert_eq!(refund, None);
         let before = Recurrence::seed("u", &SUBSCRIPTIONS[0], today(AT));
         assert_eq!(pass.expiration, before.expiration - 3 * DAY);
-        let canceled = book
+        let (canceled, _) = book
             .change("u", &id(SANDBOX_PASS), Change::Cancel, AT)
             .unwrap();
         assert_eq!(
@@ -531,12 +549,18 @@ mod tests {
             book.recurrences("v", today(AT))[0].state,
             RecurrenceState::Active
         );
-        let trial = book
+        let before = book.recurrences("u", today(AT))[6].clone();
+        let (trial, refund) = book
             .change("u", &id(SANDBOX_SUB_TRIAL), Change::Refund, AT)
             .unwrap();
         assert_eq!(trial.expiration, AT);
-        assert_eq!(book.refunds().len(), 1);
-        assert_eq!(book.refunds()[0].product_id, SANDBOX_SUB_TRIAL);
+        let refund = refund.expect("a refund");
+        assert_eq!(refund.product_id, SANDBOX_SUB_TRIAL);
+        assert_eq!(refund.recurrence_id, id(SANDBOX_SUB_TRIAL));
+        assert_eq!(refund.interval_start, before.start);
+        assert_eq!(refund.duration_days, TRIAL_DAYS);
+        assert_eq!(refund.consumed_days(), (AT - before.start) / DAY);
+        assert!(refund.consumed_days() <= 6);
     }
 
     #[test]
