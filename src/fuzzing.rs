@@ -523,7 +523,8 @@ pub fn refund_queue(data: &[u8]) {
     let escaped = quick_xml::escape::escape(text.as_ref());
     let as_message = |body: &str| {
         format!(
-            "<QueueMessagesList><QueueMessage><MessageId>m</MessageId><PopReceipt>r+/=</PopReceipt>\
+            "<QueueMessagesList><QueueMessage><MessageId>0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a</MessageId>\
+             <PopReceipt>r+/=</PopReceipt>\
              <DequeueCount>1</DequeueCount><MessageText>{body}</MessageText></QueueMessage>\
              </QueueMessagesList>"
         )

@@ -5,7 +5,7 @@
 
 mod common;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as STANDARD_NO_PAD_URL};
 use base64::Engine;
 use common::*;
 use msstore_facade::proto::msstore::v1 as pb;
@@ -181,8 +181,16 @@ async fn a_pull_fetches_the_sas_with_the_facade_token_then_reads_typed_events() 
     mount_messages(
         &h,
         messages_list(&[
-            queue_message("m-1", "AgAAAAMA+/x=", &text),
-            queue_message("m-2", "r2", "not base64 at all%"),
+            queue_message(
+                "0b7c1e2a-0000-4000-8000-000000000001",
+                "AgAAAAMA+/x=",
+                &text,
+            ),
+            queue_message(
+                "0b7c1e2a-0000-4000-8000-000000000002",
+                "r2",
+                "not base64 at all%",
+            ),
         ]),
     )
     .await;
@@ -229,11 +237,17 @@ async fn a_pull_fetches_the_sas_with_the_facade_token_then_reads_typed_events() 
     );
     assert!(got[0].headers.get("authorization").is_none());
 
-    // The SAS is kept: a second pull asks the Store for nothing.
-    client(&h.facade.channel)
+    // The SAS is kept: a second pull asks the Store for nothing. It asks the queue for one
+    // message (0 means 1), and two are more than it asked for.
+    let status = client(&h.facade.channel)
         .pull_refund_events(pull(0))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(
+        error_info(&status).reason,
+        "UPSTREAM_MALFORMED_RESPONSE",
+        "{status:?}"
+    );
     assert_eq!(requests(&h.purchase).await.len(), 1);
     let got = requests(&h.refund_queue).await;
     assert_eq!(got.len(), 2);
@@ -302,17 +316,33 @@ async fn a_sas_the_queue_refuses_is_replaced_at_once() {
         !everything.contains("c2VjcmV0LXNpZ25hdHVyZS0xMjM0NTY3ODkw"),
         "{everything}"
     );
+    assert!(
+        !everything.contains("RequestId"),
+        "only Azure's first line: {everything}"
+    );
+    assert_eq!(error_info(&status).reason, "AUTHENTICATION_FAILED");
+    // A refusal a new SAS did not cure forces no other SAS within the minute.
+    let status = client(&h.facade.channel)
+        .pull_refund_events(pull(1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(requests(&h.purchase).await.len(), 2, "no new SAS");
+    assert_eq!(requests(&h.refund_queue).await.len(), 3);
 }
 
 #[tokio::test]
 async fn a_queue_url_the_facade_may_not_follow_is_never_called() {
+    let h = Harness::start().await;
+    let loopback_elsewhere = format!("{}/refunds?sig=abc", h.purchase.uri());
     for uri in [
+        loopback_elsewhere.as_str(),
         "https://attacker.example/refunds?sig=abc",
         "http://acct.queue.core.windows.net/refunds?sig=abc",
         "https://acct.queue.core.windows.net.attacker.example/refunds?sig=abc",
         "not a url",
     ] {
-        let h = Harness::start().await;
+        h.purchase.reset().await;
         Mock::given(method("GET"))
             .and(path(SAS_PATH))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
@@ -334,6 +364,12 @@ async fn a_queue_url_the_facade_may_not_follow_is_never_called() {
         assert!(!status.message().contains("attacker"), "{uri}: {status:?}");
         assert!(!status.message().contains("sig=abc"), "{uri}: {status:?}");
         assert!(requests(&h.refund_queue).await.is_empty());
+        // The purchase host got the SAS request and nothing else.
+        let to_purchase = requests(&h.purchase).await;
+        assert!(
+            to_purchase.iter().all(|r| r.url.path() == SAS_PATH),
+            "{uri}: {to_purchase:?}"
+        );
     }
 }
 
@@ -433,6 +469,9 @@ async fn pull_and_acknowledge_requests_are_checked_before_any_call() {
         vec![String::new()],
         vec!["x".to_owned(); 257],
         vec!["x".to_owned(); 50],
+        // Made-up ack ids whose message id would make the DELETE name the queue itself.
+        vec![STANDARD_NO_PAD_URL.encode("q1\n..\nr")],
+        vec![STANDARD_NO_PAD_URL.encode("q1\n.\nr")],
     ] {
         let status = client(&h.facade.channel)
             .acknowledge_refund_events(pb::AcknowledgeRefundEventsRequest {
@@ -442,11 +481,9 @@ async fn pull_and_acknowledge_requests_are_checked_before_any_call() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{ack_ids:?}");
-        assert!(bad_fields(&status).len() <= 8, "{status:?}");
-        assert!(
-            bad_fields(&status).iter().all(|f| f == "ack_ids"),
-            "{status:?}"
-        );
+        let fields = bad_fields(&status);
+        assert!(!fields.is_empty() && fields.len() <= 8, "{status:?}");
+        assert!(fields.iter().all(|f| f == "ack_ids"), "{status:?}");
     }
     assert!(requests(&h.purchase).await.is_empty());
     assert!(requests(&h.refund_queue).await.is_empty());
@@ -490,13 +527,42 @@ async fn acknowledging_answers_per_event() {
     mount_sas(&h, SIG, 360).await;
     let acks = pulled_ack_ids(
         &h,
-        &[("m-ok", "AgAA+/x=="), ("m-gone", "r2"), ("m-again", "r3")],
+        &[
+            ("0b7c1e2a-0000-4000-8000-00000000000a", "AgAA+/x=="),
+            ("0b7c1e2a-0000-4000-8000-00000000000b", "r2"),
+            ("0b7c1e2a-0000-4000-8000-00000000000c", "r3"),
+            ("0b7c1e2a-0000-4000-8000-000000000001", "r4"),
+            ("0b7c1e2a-0000-4000-8000-000000000002", "r5"),
+        ],
     )
     .await;
-    mount_delete(&h, "m-ok", ResponseTemplate::new(204)).await;
+    // A 500 for one message, and a 404 that is not Azure's MessageNotFound (a proxy's):
+    // failures of those deletes, not expiries and not the call's.
     mount_delete(
         &h,
-        "m-gone",
+        "0b7c1e2a-0000-4000-8000-000000000001",
+        azure_error(
+            500,
+            "InternalError",
+            "The server encountered an internal error.",
+        ),
+    )
+    .await;
+    mount_delete(
+        &h,
+        "0b7c1e2a-0000-4000-8000-000000000002",
+        ResponseTemplate::new(404).set_body_string("<html>not here</html>"),
+    )
+    .await;
+    mount_delete(
+        &h,
+        "0b7c1e2a-0000-4000-8000-00000000000a",
+        ResponseTemplate::new(204),
+    )
+    .await;
+    mount_delete(
+        &h,
+        "0b7c1e2a-0000-4000-8000-00000000000b",
         azure_error(
             404,
             "MessageNotFound",
@@ -506,7 +572,7 @@ async fn acknowledging_answers_per_event() {
     .await;
     mount_delete(
         &h,
-        "m-again",
+        "0b7c1e2a-0000-4000-8000-00000000000c",
         azure_error(
             400,
             "PopReceiptMismatch",
@@ -526,17 +592,29 @@ async fn acknowledging_answers_per_event() {
         .into_inner();
     assert_eq!(answer.acknowledged, [acks[0].clone()]);
     assert_eq!(answer.expired, [acks[1].clone(), acks[2].clone()]);
+    let failed: Vec<(&str, i32, &str)> = answer
+        .failed
+        .iter()
+        .map(|f| (f.ack_id.as_str(), f.http_status, f.code.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (acks[3].as_str(), 500, "InternalError"),
+            (acks[4].as_str(), 404, "")
+        ]
+    );
 
     let deletes: Vec<Request> = requests(&h.refund_queue)
         .await
         .into_iter()
         .filter(|r| r.method.as_str() == "DELETE")
         .collect();
-    assert_eq!(deletes.len(), 3, "a repeated ack id is sent once");
+    assert_eq!(deletes.len(), 5, "a repeated ack id is sent once");
     let ok = deletes
         .iter()
-        .find(|r| r.url.path() == "/refunds/messages/m-ok")
-        .expect("the delete of m-ok");
+        .find(|r| r.url.path() == "/refunds/messages/0b7c1e2a-0000-4000-8000-00000000000a")
+        .expect("the delete of 0b7c1e2a-0000-4000-8000-00000000000a");
     let query: Vec<(String, String)> = ok.url.query_pairs().into_owned().collect();
     assert!(
         query.contains(&("popreceipt".into(), "AgAA+/x==".into())),
@@ -554,9 +632,26 @@ async fn acknowledging_answers_per_event() {
 async fn acknowledging_fails_whole_only_when_the_queue_fails() {
     let h = Harness::start().await;
     mount_sas(&h, SIG, 360).await;
-    let acks = pulled_ack_ids(&h, &[("m-1", "r1"), ("m-2", "r2")]).await;
-    mount_delete(&h, "m-1", ResponseTemplate::new(204)).await;
-    mount_delete(&h, "m-2", ResponseTemplate::new(503)).await;
+    let acks = pulled_ack_ids(
+        &h,
+        &[
+            ("0b7c1e2a-0000-4000-8000-000000000001", "r1"),
+            ("0b7c1e2a-0000-4000-8000-000000000002", "r2"),
+        ],
+    )
+    .await;
+    mount_delete(
+        &h,
+        "0b7c1e2a-0000-4000-8000-000000000001",
+        ResponseTemplate::new(204),
+    )
+    .await;
+    mount_delete(
+        &h,
+        "0b7c1e2a-0000-4000-8000-000000000002",
+        ResponseTemplate::new(503),
+    )
+    .await;
     let status = client(&h.facade.channel)
         .acknowledge_refund_events(pb::AcknowledgeRefundEventsRequest {
             ack_ids: acks,
@@ -569,17 +664,17 @@ async fn acknowledging_fails_whole_only_when_the_queue_fails() {
     let to_m2 = requests(&h.refund_queue)
         .await
         .into_iter()
-        .filter(|r| r.url.path() == "/refunds/messages/m-2")
+        .filter(|r| r.url.path() == "/refunds/messages/0b7c1e2a-0000-4000-8000-000000000002")
         .count();
     assert!(to_m2 > 1, "a 503 is retried");
 
     // The queue itself missing is not an expired event.
     let h = Harness::start().await;
     mount_sas(&h, SIG, 360).await;
-    let acks = pulled_ack_ids(&h, &[("m-1", "r1")]).await;
+    let acks = pulled_ack_ids(&h, &[("0b7c1e2a-0000-4000-8000-000000000001", "r1")]).await;
     mount_delete(
         &h,
-        "m-1",
+        "0b7c1e2a-0000-4000-8000-000000000001",
         azure_error(404, "QueueNotFound", "The specified queue does not exist."),
     )
     .await;
@@ -597,7 +692,14 @@ async fn acknowledging_fails_whole_only_when_the_queue_fails() {
 async fn acknowledging_with_a_refused_sas_fetches_a_fresh_one() {
     let h = Harness::start().await;
     mount_old_then_new_sas(&h).await;
-    let acks = pulled_ack_ids(&h, &[("m-1", "r1"), ("m-2", "r2")]).await;
+    let acks = pulled_ack_ids(
+        &h,
+        &[
+            ("0b7c1e2a-0000-4000-8000-000000000001", "r1"),
+            ("0b7c1e2a-0000-4000-8000-000000000002", "r2"),
+        ],
+    )
+    .await;
     queue_refuses_the_old_sas(
         &h,
         "DELETE",

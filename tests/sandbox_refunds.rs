@@ -316,7 +316,8 @@ async fn the_emulator_faults_reach_every_error_class() {
             Code::Internal,
             Some("UPSTREAM_MALFORMED_RESPONSE"),
         ),
-        ("delete", "MAGIC-500", Code::Internal, None),
+        ("delete", "MAGIC-429", Code::ResourceExhausted, None),
+        ("delete", "MAGIC-503", Code::Unavailable, None),
         (
             "delete",
             "MAGIC-RESET",
@@ -372,4 +373,32 @@ async fn the_emulator_faults_reach_every_error_class() {
             assert!(retry_delay(&status).is_some(), "{operation} {magic}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_delete_the_queue_refuses_is_reported_for_its_event_alone() {
+    let emulator = start_emulator().await;
+    let facade = Facade::start(sandbox_settings(&emulator)).await;
+    let channel = &facade.channel;
+    for text in ["eyJpZCI6ImUxIn0=", "eyJpZCI6ImUyIn0="] {
+        let (status, _) = admin(&emulator, "refund-queue/messages", json!({ "text": text })).await;
+        assert_eq!(status, 201);
+    }
+    let events = pull(channel).await;
+    assert_eq!(events.len(), 2);
+    let (status, answer) = admin(
+        &emulator,
+        "refund-queue/faults",
+        json!({"operation": "delete", "magic": "MAGIC-500"}),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{answer}");
+    let acks: Vec<&str> = events.iter().map(|e| e.ack_id.as_str()).collect();
+    let answer = acknowledge(channel, &acks).await;
+    assert_eq!(answer.acknowledged.len(), 1, "{answer:?}");
+    assert_eq!(answer.failed.len(), 1, "{answer:?}");
+    assert_eq!(answer.failed[0].http_status, 500);
+    // The failed one is still there: acknowledged on the next try.
+    let again = acknowledge(channel, &[&answer.failed[0].ack_id]).await;
+    assert_eq!(again.acknowledged, [answer.failed[0].ack_id.clone()]);
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use dashmap::DashMap;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
@@ -52,10 +53,20 @@ impl Expiry<TenantId, Arc<Sas>> for RefreshAt {
     }
 }
 
+/// How often a queue's refusal (403) may force a new SAS for one tenant: a refusal a new SAS
+/// does not cure (a storage firewall, missing permissions) then costs the Store one request a
+/// minute, not one per call.
+pub const FORCED_SAS_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The SAS of each tenant's refund queue. Cheap to clone.
 #[derive(Clone)]
 pub struct SasCache {
     cache: Cache<TenantId, Arc<Sas>>,
+    /// One fetch at a time per tenant: a call that finds no SAS waits its turn (within its own
+    /// deadline), then finds the SAS the call before it fetched, or fetches it itself.
+    fetching: Arc<DashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tenants whose SAS a refusal forced out within the last [`FORCED_SAS_INTERVAL`].
+    forced: Cache<TenantId, ()>,
 }
 
 impl Default for SasCache {
@@ -65,26 +76,68 @@ impl Default for SasCache {
                 .max_capacity(MAX_TENANTS)
                 .expire_after(RefreshAt)
                 .build(),
+            fetching: Arc::default(),
+            forced: Cache::builder()
+                .max_capacity(MAX_TENANTS)
+                .time_to_live(FORCED_SAS_INTERVAL)
+                .build(),
         }
     }
 }
 
 impl SasCache {
-    /// The kept SAS of `tenant`, or the one `fetch` gets (calls that find none at once share
-    /// one fetch, and its failure).
-    pub async fn get_or_fetch<E: Send + Sync + 'static>(
+    /// The kept SAS of `tenant`, or the one `fetch` gets. Fetches of one tenant's SAS happen
+    /// one at a time, each under its own caller's deadline; a failure is its caller's alone.
+    pub async fn get_or_fetch<E>(
         &self,
         tenant: &TenantId,
         fetch: impl Future<Output = Result<Sas, E>>,
-    ) -> Result<Arc<Sas>, Arc<E>> {
-        self.cache
-            .try_get_with(tenant.clone(), async move { fetch.await.map(Arc::new) })
-            .await
+    ) -> Result<Arc<Sas>, E> {
+        if let Some(sas) = self.cache.get(tenant).await {
+            return Ok(sas);
+        }
+        let turn = self.fetching.entry(tenant.clone()).or_default().clone();
+        let _turn = turn.lock().await;
+        if let Some(sas) = self.cache.get(tenant).await {
+            return Ok(sas);
+        }
+        let sas = Arc::new(fetch.await?);
+        self.cache.insert(tenant.clone(), sas.clone()).await;
+        Ok(sas)
     }
 
-    /// Forgets `rejected`, the SAS of `tenant` that the queue refused (403), unless another
-    /// call replaced it already.
-    pub async fn forget(&self, tenant: &TenantId, rejected: &Arc<Sas>) {
+    /// After the queue refused `refused` (403): the SAS to try once more with, if any. A newer
+    /// SAS another call put in place is used as it is; otherwise the first refusal of a tenant
+    /// in [`FORCED_SAS_INTERVAL`] drops `refused` and lets `fetch` get a new one (while a
+    /// fetch is under way the call waits for it); later refusals in that interval get `None`.
+    pub async fn after_refusal<E>(
+        &self,
+        tenant: &TenantId,
+        refused: &Arc<Sas>,
+        fetch: impl Future<Output = Result<Sas, E>>,
+    ) -> Result<Option<Arc<Sas>>, E> {
+        match self.cache.get(tenant).await {
+            Some(current) if !Arc::ptr_eq(&current, refused) => return Ok(Some(current)),
+            Some(_) => {
+                let claimed = self
+                    .forced
+                    .entry_by_ref(tenant)
+                    .or_insert(())
+                    .await
+                    .is_fresh();
+                if !claimed {
+                    return Ok(None);
+                }
+                self.forget(tenant, refused).await;
+            }
+            // Dropped by another call's refusal: its new SAS is on the way.
+            None => {}
+        }
+        self.get_or_fetch(tenant, fetch).await.map(Some)
+    }
+
+    /// Forgets `rejected`, unless another call replaced it already.
+    async fn forget(&self, tenant: &TenantId, rejected: &Arc<Sas>) {
         self.cache
             .entry_by_ref(tenant)
             .and_compute_with(|entry| {
@@ -107,61 +160,82 @@ mod tests {
         QueueUrl::allowed(&format!("http://127.0.0.1:1/q/refunds?sig={sig}"), &allowed).unwrap()
     }
 
+    fn sas(sig: &str, minutes: u64) -> Result<Sas, ()> {
+        Ok(Sas::new(
+            queue(sig),
+            SystemTime::now() + Duration::from_secs(minutes * 60),
+        ))
+    }
+
     #[tokio::test]
     async fn a_sas_is_kept_until_five_minutes_before_it_expires() {
         let cache = SasCache::default();
         let configured = TenantId::parse("sandbox.onmicrosoft.com").unwrap();
-        let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
         let first = cache
-            .get_or_fetch::<()>(&configured, async {
-                Ok(Sas::new(queue("one"), in_an_hour))
-            })
+            .get_or_fetch(&configured, async { sas("one", 60) })
             .await
             .unwrap();
         let again = cache
-            .get_or_fetch::<()>(&configured, async {
-                Ok(Sas::new(queue("two"), in_an_hour))
-            })
+            .get_or_fetch(&configured, async { sas("two", 60) })
             .await
             .unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the kept SAS is used");
         // One expiring within the margin is used for the call that fetched it, not kept.
         let tenant = TenantId::parse("contoso.com").unwrap();
-        let soon = SystemTime::now() + Duration::from_secs(299);
         let short = cache
-            .get_or_fetch::<()>(&tenant, async { Ok(Sas::new(queue("short"), soon)) })
+            .get_or_fetch(&tenant, async { sas("short", 4) })
             .await
             .unwrap();
         assert_eq!(short.queue.signature(), "short");
         cache.cache.run_pending_tasks().await;
         let next = cache
-            .get_or_fetch::<()>(&tenant, async { Ok(Sas::new(queue("next"), soon)) })
+            .get_or_fetch(&tenant, async { sas("next", 4) })
             .await
             .unwrap();
         assert_eq!(next.queue.signature(), "next");
     }
 
     #[tokio::test]
-    async fn a_refused_sas_is_forgotten_once() {
+    async fn a_failed_fetch_is_its_callers_alone() {
         let cache = SasCache::default();
         let tenant = TenantId::parse("contoso.com").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(3600);
+        let failed = cache
+            .get_or_fetch(&tenant, async { Err::<Sas, _>("store down") })
+            .await;
+        assert_eq!(failed.err(), Some("store down"));
+        let next = cache
+            .get_or_fetch(&tenant, async { sas("next", 60) })
+            .await
+            .unwrap();
+        assert_eq!(next.queue.signature(), "next");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_forces_a_new_sas_once_a_minute() {
+        let cache = SasCache::default();
+        let tenant = TenantId::parse("contoso.com").unwrap();
         let old = cache
-            .get_or_fetch::<()>(&tenant, async { Ok(Sas::new(queue("old"), later)) })
+            .get_or_fetch(&tenant, async { sas("old", 60) })
             .await
             .unwrap();
-        cache.forget(&tenant, &old).await;
         let new = cache
-            .get_or_fetch::<()>(&tenant, async { Ok(Sas::new(queue("new"), later)) })
+            .after_refusal(&tenant, &old, async { sas("new", 60) })
             .await
-            .unwrap();
+            .unwrap()
+            .expect("the first refusal gets a new SAS");
         assert_eq!(new.queue.signature(), "new");
-        // A second call refused with the old SAS does not drop the new one.
-        cache.forget(&tenant, &old).await;
-        let kept = cache
-            .get_or_fetch::<()>(&tenant, async { Ok(Sas::new(queue("newer"), later)) })
+        // Another call refused with the old one uses the new one, fetching nothing.
+        let same = cache
+            .after_refusal(&tenant, &old, async { sas("unused", 60) })
+            .await
+            .unwrap()
+            .expect("the newer SAS");
+        assert!(Arc::ptr_eq(&same, &new));
+        // The new one refused too, within the minute: no other fetch.
+        let none = cache
+            .after_refusal(&tenant, &new, async { sas("unused", 60) })
             .await
             .unwrap();
-        assert!(Arc::ptr_eq(&new, &kept));
+        assert!(none.is_none());
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+pub use crate::upstream::is_guid;
+
 /// A validated Entra tenant: a GUID or a domain name such as `contoso.onmicrosoft.com`,
 /// stored lower-cased so one tenant has one cache entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,16 +81,6 @@ impl AllowedTenants {
             Self::Only(tenants) => tenants.contains(tenant),
         }
     }
-}
-
-/// A GUID in its 8-4-4-4-12 hexadecimal form (either case, no braces).
-pub fn is_guid(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
 }
 
 fn is_domain(text: &str) -> bool {

@@ -13,11 +13,12 @@ use serde_json::Value;
 use super::refunds::{with_queue, AckId, QueueGet};
 use super::store_json::{lenient, timestamp};
 use crate::api::validation::{acting_tenant, Checks, Tenants};
-use crate::api::{exchange, Attempts, Backends, Operation, Outcome, Upstream};
+use crate::api::{exchange, Attempts, Backends, Operation, Outcome, StoreOperation, Upstream};
 use crate::auth::TenantId;
 use crate::error::ApiError;
 use crate::proto::msstore::v1 as pb;
 use crate::upstream::queue::{QueueMessage, MAX_MESSAGES};
+use crate::upstream::{Host, UpstreamError};
 
 /// Takes refund events from the tenant's refund queue.
 #[derive(Debug)]
@@ -69,6 +70,18 @@ impl Operation for PullRefundEvents {
             async move { exchange::<QueueGet>(backends, &get, attempts).await }
         })
         .await?;
+        if answer.value.len() > usize::from(pull.count) {
+            // More than asked for: not the queue's answer to this request.
+            return Err(ApiError::upstream(
+                QueueGet::ERRORS,
+                UpstreamError::Malformed {
+                    host: backends.store.host(Host::RefundQueue).name().clone(),
+                    http_status: answer.http_status,
+                    ids: Box::new(answer.ids),
+                    expected: "at most the number of messages asked for",
+                },
+            ));
+        }
         Ok(answer.map(|messages| pb::PullRefundEventsResponse {
             events: messages.iter().map(event).collect(),
         }))
@@ -148,6 +161,8 @@ struct RawEvent {
     #[serde(deserialize_with = "lenient")]
     traceparent: Option<String>,
     #[serde(deserialize_with = "lenient")]
+    datacontenttype: Option<String>,
+    #[serde(deserialize_with = "lenient")]
     data: Option<RawData>,
 }
 
@@ -214,6 +229,7 @@ impl RawEvent {
             subject: self.subject.unwrap_or_default(),
             specversion: self.specversion.unwrap_or_default(),
             traceparent: self.traceparent.unwrap_or_default(),
+            datacontenttype: self.datacontenttype.unwrap_or_default(),
             ..queued
         }
     }
@@ -274,7 +290,7 @@ mod tests {
 
     fn message(text: String) -> QueueMessage {
         QueueMessage {
-            message_id: "m1".into(),
+            message_id: "0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a".into(),
             pop_receipt: "r1".into(),
             dequeue_count: 3,
             text,

@@ -19,7 +19,7 @@ use crate::auth::{Sas, TenantId};
 use crate::error::{ApiError, ErrorMapping, Retries};
 use crate::telemetry::otel::Route;
 use crate::upstream::queue::{
-    parse_messages, QueueMessage, QueueUrl, MAX_MESSAGE_ID_BYTES, MAX_POP_RECEIPT_BYTES,
+    is_message_id, is_pop_receipt, parse_messages, QueueMessage, QueueUrl,
 };
 use crate::upstream::{Host, UpstreamError, UpstreamRequest};
 
@@ -112,45 +112,65 @@ pub fn expires_on(text: &str) -> Option<SystemTime> {
     SystemTime::try_from(at).ok()
 }
 
-/// The SAS of `tenant`'s refund queue: the kept one, or a new one from the Store whose URL
-/// the facade may follow (contract, section 7), else `UPSTREAM_MALFORMED_RESPONSE`.
-async fn sas(
+/// A new SAS of `tenant`'s refund queue from the Store, whose URL the facade may follow
+/// (contract, section 7), else `UPSTREAM_MALFORMED_RESPONSE`.
+async fn fetch_sas(
+    backends: &Backends,
+    tenant: &TenantId,
+    attempts: &Attempts,
+) -> Result<Sas, ApiError> {
+    let answer = exchange::<ClawbackSas>(backends, tenant, attempts).await?;
+    let allowed = backends.store.host(Host::RefundQueue).url();
+    match QueueUrl::allowed(&answer.value.uri, allowed) {
+        Some(queue) => Ok(Sas::new(queue, answer.value.expires_on)),
+        None => {
+            tracing::warn!(
+                "the Store's refund queue URL is not https to *.queue.core.windows.net \
+                 nor under --refund-queue-base-url: not followed"
+            );
+            Err(ApiError::upstream(
+                ClawbackSas::ERRORS,
+                UpstreamError::Malformed {
+                    host: backends.store.host(Host::Purchase).name().clone(),
+                    http_status: answer.http_status,
+                    ids: Box::new(answer.ids),
+                    expected: "a SAS answer whose uri is an Azure Storage queue \
+                               (https, *.queue.core.windows.net)",
+                },
+            ))
+        }
+    }
+}
+
+/// The SAS of `tenant`'s refund queue: the kept one, or a new one.
+pub async fn sas(
     backends: &Backends,
     tenant: &TenantId,
     attempts: &Attempts,
 ) -> Result<Arc<Sas>, ApiError> {
-    let fetch = async {
-        let answer = exchange::<ClawbackSas>(backends, tenant, attempts).await?;
-        let allowed = backends.store.host(Host::RefundQueue).url();
-        match QueueUrl::allowed(&answer.value.uri, allowed) {
-            Some(queue) => Ok(Sas::new(queue, answer.value.expires_on)),
-            None => {
-                tracing::warn!(
-                    "the Store's refund queue URL is not https to *.queue.core.windows.net \
-                     nor under --refund-queue-base-url: not followed"
-                );
-                Err(ApiError::upstream(
-                    ClawbackSas::ERRORS,
-                    UpstreamError::Malformed {
-                        host: backends.store.host(Host::Purchase).name().clone(),
-                        http_status: answer.http_status,
-                        ids: Box::new(answer.ids),
-                        expected: "a SAS answer whose uri is an Azure Storage queue \
-                                   (https, *.queue.core.windows.net)",
-                    },
-                ))
-            }
-        }
-    };
     backends
         .refund_sas
-        .get_or_fetch(tenant, fetch)
+        .get_or_fetch(tenant, fetch_sas(backends, tenant, attempts))
         .await
-        .map_err(|error| ApiError::clone(&error))
 }
 
-/// Runs `call` against `tenant`'s refund queue; when the queue refuses the SAS (403: expired
-/// early, or its key rotated) the SAS is dropped and `call` made once more with a fresh one.
+/// After the queue refused `refused` (403: expired early, or its key rotated): the SAS to try
+/// once more with, if any (`auth::SasCache::after_refusal`: a new one at most once a minute).
+pub async fn sas_after_refusal(
+    backends: &Backends,
+    tenant: &TenantId,
+    attempts: &Attempts,
+    refused: &Arc<Sas>,
+) -> Result<Option<Arc<Sas>>, ApiError> {
+    attempts.record_upstream_status(Some(403));
+    backends
+        .refund_sas
+        .after_refusal(tenant, refused, fetch_sas(backends, tenant, attempts))
+        .await
+}
+
+/// Runs `call` against `tenant`'s refund queue; when the queue refuses the SAS (403), `call`
+/// is made once more with the SAS [`sas_after_refusal`] gives, if any.
 pub async fn with_queue<T, Fut>(
     backends: &Backends,
     tenant: &TenantId,
@@ -163,13 +183,10 @@ where
     let current = sas(backends, tenant, attempts).await?;
     match call(current.queue.clone()).await {
         Err(error) if error.upstream_http_status() == Some(403) => {
-            backends.refund_sas.forget(tenant, &current).await;
-            let fresh = sas(backends, tenant, attempts).await?;
-            if Arc::ptr_eq(&fresh, &current) {
-                return Err(error);
+            match sas_after_refusal(backends, tenant, attempts, &current).await? {
+                Some(fresh) => call(fresh.queue.clone()).await,
+                None => Err(error),
             }
-            attempts.record_upstream_status(Some(403));
-            call(fresh.queue.clone()).await
         }
         other => other,
     }
@@ -196,8 +213,9 @@ impl StoreOperation for QueueGet {
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
         fields: &[("numofmessages", "max_events")],
         overrides: &[],
-        // A pull whose answer was lost hid its messages for 30 seconds; they come back then.
-        retries: Retries::Transient,
+        // A pull takes messages out of sight: sent again only when the queue certainly did
+        // not act (a lost answer's messages come back after their 30 seconds).
+        retries: Retries::NotProcessed,
     };
     const EXPECTED: &'static str = "an Azure Storage QueueMessagesList";
 
@@ -252,7 +270,8 @@ impl StoreOperation for QueueDelete {
     const ERRORS: &'static ErrorMapping = &ErrorMapping {
         fields: &[("popreceipt", "ack_ids")],
         overrides: &[],
-        retries: Retries::Transient,
+        // A delete made twice answers 404 the second time, which would read as expired.
+        retries: Retries::NotProcessed,
     };
     const EXPECTED: &'static str = "an empty answer";
 
@@ -318,15 +337,11 @@ impl AckId {
         else {
             return None;
         };
-        let readable = |part: &str, max: usize| {
-            !part.is_empty() && part.len() <= max && !part.chars().any(char::is_control)
-        };
-        (readable(message_id, MAX_MESSAGE_ID_BYTES) && readable(pop_receipt, MAX_POP_RECEIPT_BYTES))
-            .then(|| Self {
-                text: text.to_owned(),
-                message_id: message_id.to_owned(),
-                pop_receipt: pop_receipt.to_owned(),
-            })
+        (is_message_id(message_id) && is_pop_receipt(pop_receipt)).then(|| Self {
+            text: text.to_owned(),
+            message_id: message_id.to_owned(),
+            pop_receipt: pop_receipt.to_owned(),
+        })
     }
 }
 
@@ -375,6 +390,8 @@ mod tests {
         }
     }
 
+    const ID: &str = "5974b586-0df3-4e2d-ad0c-18e3892bfca2";
+
     #[test]
     fn ack_ids_round_trip_and_nothing_else_reads_as_one() {
         let message = QueueMessage {
@@ -390,11 +407,15 @@ mod tests {
         for bad in [
             String::new(),
             "not base64!".into(),
-            URL_SAFE_NO_PAD.encode("q1\nm"),
-            URL_SAFE_NO_PAD.encode("q2\nm\nr"),
-            URL_SAFE_NO_PAD.encode("q1\nm\nr\nx"),
+            URL_SAFE_NO_PAD.encode(format!("q1\n{ID}")),
+            URL_SAFE_NO_PAD.encode(format!("q2\n{ID}\nr")),
+            URL_SAFE_NO_PAD.encode(format!("q1\n{ID}\nr\nx")),
             URL_SAFE_NO_PAD.encode("q1\n\nr"),
-            URL_SAFE_NO_PAD.encode("q1\nm\x07\nr"),
+            URL_SAFE_NO_PAD.encode(format!("q1\n{ID}\nr\x07")),
+            // Path segments that would name the whole queue in a DELETE.
+            URL_SAFE_NO_PAD.encode("q1\n.\nr"),
+            URL_SAFE_NO_PAD.encode("q1\n..\nr"),
+            URL_SAFE_NO_PAD.encode("q1\nm\nr"),
             URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
         ] {
             assert!(AckId::decode(&bad).is_none(), "{bad:?}");

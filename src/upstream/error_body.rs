@@ -38,6 +38,17 @@ impl ErrorBody {
     /// piece of a secret survives), then of anything that looks like a JWT or a URL.
     pub fn parse_redacted(body: &[u8], secrets: &Redactor<'_>) -> Self {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            if let Some((code, message)) = azure_storage_error(body) {
+                // Only the first line of the message: Azure adds the request id and time, and
+                // for a refused SAS the string it signed (the queue's account and name).
+                let first_line = message.lines().next().unwrap_or_default().trim().to_owned();
+                return Self {
+                    inner_code: (!code.trim().is_empty())
+                        .then(|| clean(&secrets.scrub(code.trim()))),
+                    message: (!first_line.is_empty()).then(|| clean(&secrets.scrub(&first_line))),
+                    texts: vec![code, first_line],
+                };
+            }
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
             return Self {
@@ -78,6 +89,38 @@ fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
         .iter()
         .find(|(key, _)| key.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
+}
+
+/// The `Code` and `Message` of an Azure Storage error body
+/// (`<?xml ...?><Error><Code>...</Code><Message>...</Message>...</Error>`), if `body` is one.
+fn azure_storage_error(body: &[u8]) -> Option<(String, String)> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let (mut code, mut message) = (String::new(), String::new());
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).ok()? {
+            Event::Start(start) => path.push(start.name().as_ref().to_vec()),
+            Event::End(_) => {
+                path.pop()?;
+            }
+            Event::Text(text) => {
+                let text = text.xml10_content().ok()?;
+                match path.as_slice() {
+                    [root, name] if root == b"Error" && name == b"Code" => code.push_str(&text),
+                    [root, name] if root == b"Error" && name == b"Message" => {
+                        message.push_str(&text);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    (!code.is_empty() || !message.is_empty()).then_some((code, message))
 }
 
 fn collect_texts(value: &Value, out: &mut Vec<String>) {
@@ -154,6 +197,24 @@ pub fn clean(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn azure_storage_errors_give_their_code_and_first_line_only() {
+        let body = b"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>\
+            <Message>Server failed to authenticate the request.\nRequestId:5974b586\nTime:2026-11-20</Message>\
+            <AuthenticationErrorDetail>String to sign used was rp /queue/acct/refunds</AuthenticationErrorDetail></Error>";
+        let parsed = ErrorBody::parse(body);
+        assert_eq!(parsed.inner_code.as_deref(), Some("AuthenticationFailed"));
+        assert_eq!(
+            parsed.message.as_deref(),
+            Some("Server failed to authenticate the request.")
+        );
+        assert_eq!(
+            parsed.mentions(&["AuthenticationFailed"]),
+            Some("AuthenticationFailed")
+        );
+        assert_eq!(parsed.mentions(&["acct"]), None);
+    }
 
     #[test]
     fn documented_code_is_found_inside_innererror_data() {

@@ -53,6 +53,16 @@ pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize) -> reqwe
         .expect("the HTTP client's fixed configuration is valid")
 }
 
+/// A GUID in its 8-4-4-4-12 hexadecimal form (either case, no braces).
+pub fn is_guid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 /// Everything but RFC 3986 unreserved characters is escaped, so an id is always exactly one
 /// path segment: `/`, `%`, `?`, `#` and non-ASCII can never change the path called.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC

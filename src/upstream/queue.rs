@@ -27,6 +27,8 @@ pub struct QueueUrl {
     sas: String,
     /// The SAS signature (`sig`), unescaped: a queue error could quote it so.
     signature: String,
+    /// The SAS signature as the query carries it (escaped).
+    signature_escaped: String,
 }
 
 impl QueueUrl {
@@ -56,12 +58,18 @@ impl QueueUrl {
             .find(|(name, _)| name == "sig")
             .map(|(_, value)| value.into_owned())
             .unwrap_or_default();
+        let signature_escaped = sas
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("sig="))
+            .unwrap_or_default()
+            .to_owned();
         let mut queue = url;
         queue.set_query(None);
         Some(Self {
             queue: queue.as_str().trim_end_matches('/').to_owned(),
             sas,
             signature,
+            signature_escaped,
         })
     }
 
@@ -87,9 +95,14 @@ impl QueueUrl {
     }
 
     /// The secrets the URL carries, to scrub out of everything the queue answers: the SAS
-    /// query as sent and its signature unescaped.
+    /// query as sent, and its signature escaped and unescaped.
     pub fn secrets(&self) -> impl Iterator<Item = &str> {
-        [self.sas.as_str(), self.signature.as_str()].into_iter()
+        [
+            self.sas.as_str(),
+            self.signature.as_str(),
+            self.signature_escaped.as_str(),
+        ]
+        .into_iter()
     }
 
     /// The SAS signature (`sig`), unescaped.
@@ -125,20 +138,25 @@ pub struct QueueMessage {
     pub text: String,
 }
 
-/// Longest message id taken (Azure's are GUIDs).
-pub const MAX_MESSAGE_ID_BYTES: usize = 256;
 /// Longest pop receipt taken (Azure's are about 30 characters).
 pub const MAX_POP_RECEIPT_BYTES: usize = 1024;
 
-/// A message id or pop receipt that can be sent back: not empty, not too long, no control
-/// characters.
-fn usable_id(text: &str, max: usize) -> bool {
-    !text.is_empty() && text.len() <= max && !text.chars().any(char::is_control)
+/// A message id the facade sends back: a GUID, as Azure's always are. Nothing else ever
+/// becomes a path segment of a DELETE: `.` or `..` there would name the queue's messages as a
+/// whole (Clear Messages) or the queue itself (Delete Queue).
+pub fn is_message_id(text: &str) -> bool {
+    super::is_guid(text)
+}
+
+/// A pop receipt the facade sends back (in the query, escaped): not empty, not too long, no
+/// control characters.
+pub fn is_pop_receipt(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_POP_RECEIPT_BYTES && !text.chars().any(char::is_control)
 }
 
 /// Reads a `QueueMessagesList`; `None` when the body is not one, or a message has an id or
-/// pop receipt that could not be sent back to acknowledge it (missing, too long, control
-/// characters). Unknown elements are ignored.
+/// pop receipt that could not be sent back to acknowledge it ([`is_message_id`],
+/// [`is_pop_receipt`]). Unknown elements are ignored.
 pub fn parse_messages(body: &[u8]) -> Option<Vec<QueueMessage>> {
     let mut reader = Reader::from_reader(body);
     let mut messages = Vec::new();
@@ -191,13 +209,17 @@ pub fn parse_messages(body: &[u8]) -> Option<Vec<QueueMessage>> {
                 match depth {
                     3 => field = None,
                     2 => {
-                        let message = current.take()?;
-                        if !usable_id(&message.message_id, MAX_MESSAGE_ID_BYTES)
-                            || !usable_id(&message.pop_receipt, MAX_POP_RECEIPT_BYTES)
-                        {
-                            return None;
+                        // Another element beside the messages is ignored.
+                        if let Some(mut message) = current.take() {
+                            message.message_id = message.message_id.trim().to_owned();
+                            message.pop_receipt = message.pop_receipt.trim().to_owned();
+                            if !is_message_id(&message.message_id)
+                                || !is_pop_receipt(&message.pop_receipt)
+                            {
+                                return None;
+                            }
+                            messages.push(message);
                         }
-                        messages.push(message);
                     }
                     _ => {}
                 }
@@ -217,8 +239,8 @@ pub fn parse_messages(body: &[u8]) -> Option<Vec<QueueMessage>> {
 fn set_field(message: &mut QueueMessage, name: &[u8], text: &str) -> Option<()> {
     let date = |text: &str| httpdate::parse_http_date(text.trim()).ok();
     match name {
-        b"MessageId" => message.message_id.push_str(text.trim()),
-        b"PopReceipt" => message.pop_receipt.push_str(text.trim()),
+        b"MessageId" => message.message_id.push_str(text),
+        b"PopReceipt" => message.pop_receipt.push_str(text),
         b"MessageText" => message.text.push_str(text),
         b"InsertionTime" => message.insertion_time = date(text),
         b"ExpirationTime" => message.expiration_time = date(text),
@@ -310,7 +332,8 @@ mod tests {
     <MessageText>eyJpZCI6MX0=</MessageText>
     <Future>ignored</Future>
   </QueueMessage>
-  <QueueMessage><MessageId>m2</MessageId><PopReceipt>r2</PopReceipt><DequeueCount>1</DequeueCount><MessageText></MessageText></QueueMessage>
+  <QueueMessage><MessageId> 0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a </MessageId><PopReceipt>r2</PopReceipt><DequeueCount>1</DequeueCount><MessageText></MessageText></QueueMessage>
+  <Unknown><Child>ignored</Child></Unknown>
 </QueueMessagesList>"#;
         let messages = parse_messages(body).expect("a list");
         assert_eq!(messages.len(), 2);
@@ -327,6 +350,10 @@ mod tests {
         );
         assert_eq!(messages[1].text, "");
         assert_eq!(
+            messages[1].message_id,
+            "0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a"
+        );
+        assert_eq!(
             parse_messages(b"<QueueMessagesList />").map(|m| m.len()),
             Some(0)
         );
@@ -342,8 +369,10 @@ mod tests {
             &b""[..],
             b"{\"items\":[]}",
             b"<html><body>hi</body></html>",
-            b"<QueueMessagesList><QueueMessage><MessageId>m</MessageId></QueueMessage></QueueMessagesList>",
-            b"<QueueMessagesList><QueueMessage><MessageId>m</MessageId><PopReceipt>r</PopReceipt><DequeueCount>x</DequeueCount></QueueMessage></QueueMessagesList>",
+            b"<QueueMessagesList><QueueMessage><MessageId>0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a</MessageId></QueueMessage></QueueMessagesList>",
+            b"<QueueMessagesList><QueueMessage><MessageId>0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a</MessageId><PopReceipt>r</PopReceipt><DequeueCount>x</DequeueCount></QueueMessage></QueueMessagesList>",
+            b"<QueueMessagesList><QueueMessage><MessageId>..</MessageId><PopReceipt>r</PopReceipt></QueueMessage></QueueMessagesList>",
+            b"<QueueMessagesList><QueueMessage><MessageId>m</MessageId><PopReceipt>r</PopReceipt></QueueMessage></QueueMessagesList>",
             b"<QueueMessagesList><QueueMessage>",
         ] {
             assert!(parse_messages(body).is_none(), "{}", String::from_utf8_lossy(body));
