@@ -1,4 +1,5 @@
-//! No client secret, access token, service ticket or Store key (old or new) reaches a log
+//! No client secret, access token, service ticket, Store key (old or new) or refund queue SAS
+//! (refused or not) reaches a log
 //! line, at TRACE level for every crate (hyper, h2, reqwest, tonic included), in text or JSON,
 //! or a span's fields; and none that a Store echoes back (in its error text, inner code or
 //! correlation headers) reaches a caller's status, details or metadata, for every operation
@@ -10,7 +11,11 @@ mod common;
 
 use common::*;
 use msstore_facade::config::LogFormat;
-use msstore_facade::proto::msstore::v1::{GetKeyCreationTokensRequest, RenewKeyRequest};
+use msstore_facade::proto::msstore::v1::store_refunds_client::StoreRefundsClient;
+use msstore_facade::proto::msstore::v1::{
+    AcknowledgeRefundEventsRequest, GetKeyCreationTokensRequest, PullRefundEventsRequest,
+    RenewKeyRequest,
+};
 use msstore_facade::telemetry::log_layer;
 use serde_json::json;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -98,6 +103,57 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
     assert!(tokens
         .collections_token
         .contains("access-token-never-log-me"));
+    // The refund queue: a SAS the queue refuses (quoting it back), a new SAS, a pull and an
+    // acknowledgement. Neither signature may be logged.
+    let queue = h.refund_queue.uri();
+    for (sig, times) in [(OLD_SAS_SIG, Some(1)), (SAS_SIG, None)] {
+        let mock = Mock::given(method("GET"))
+            .and(wiremock::matchers::path("/v8.0/b2b/clawback/sastoken"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "expiresOn": "2099-01-01T00:00Z",
+                "uri": format!("{queue}/refunds?sv=2021-08-06&sp=rp&sig={sig}"),
+            })));
+        match times {
+            Some(n) => mock.up_to_n_times(n).mount(&h.purchase).await,
+            None => mock.mount(&h.purchase).await,
+        }
+    }
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::query_param("sig", OLD_SAS_SIG))
+        .respond_with(ResponseTemplate::new(403).set_body_string(format!(
+            "<?xml version=\"1.0\"?><Error><Code>AuthenticationFailed</Code><Message>sig {OLD_SAS_SIG} \
+             is not valid</Message></Error>"
+        )))
+        .mount(&h.refund_queue)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::query_param("sig", SAS_SIG))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "<QueueMessagesList><QueueMessage><MessageId>0c2e5b1a-7d3f-4e8a-9b6c-1f2e3d4c5b6a\
+             </MessageId><PopReceipt>AgAAAAMA+/x=</PopReceipt><DequeueCount>1</DequeueCount>\
+             <MessageText>eyJpZCI6ImUifQ==</MessageText></QueueMessage></QueueMessagesList>",
+        ))
+        .mount(&h.refund_queue)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&h.refund_queue)
+        .await;
+    let mut refunds = StoreRefundsClient::new(h.facade.channel.clone());
+    let pulled = refunds
+        .pull_refund_events(PullRefundEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let acked = refunds
+        .acknowledge_refund_events(AcknowledgeRefundEventsRequest {
+            ack_ids: vec![pulled.events[0].ack_id.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.acknowledged.len(), 1);
     let before_echoes = capture.text();
     let echoed = every_operation_echoed_by_the_store(&capture).await;
 
@@ -105,7 +161,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
     // The capture really saw the calls, at trace level, from the HTTP stacks too.
     assert_eq!(
         logs.matches("rpc finished").count(),
-        8,
+        12,
         "one text + one JSON line per RPC"
     );
     assert!(logs.contains("TRACE"), "no trace-level lines captured");
@@ -116,7 +172,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .filter(|line: &serde_json::Value| line["message"] == "rpc finished")
         .collect();
-    assert_eq!(json_rpc_lines.len(), 4);
+    assert_eq!(json_rpc_lines.len(), 6);
     for line in &json_rpc_lines {
         assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
         assert!(line["ms_cv"].is_string(), "{line}");
@@ -133,6 +189,8 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         ("caller ticket", caller_ticket.to_owned()),
         ("old key", key_payload(&old_key)),
         ("new key", key_payload(&new_key)),
+        ("refused SAS signature", OLD_SAS_SIG.to_owned()),
+        ("SAS signature", SAS_SIG.to_owned()),
     ];
     secrets.extend(echoed.secrets);
     let logs = capture.text();
@@ -146,6 +204,10 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         }
     }
 }
+
+/// The refund queue's SAS signatures (opaque: scrubbed by value).
+const OLD_SAS_SIG: &str = "old-sas-signature-never-log-me";
+const SAS_SIG: &str = "sas-signature-never-log-me-Zq9";
 
 /// Every status and error class of every operation, from a Store that quotes back everything
 /// secret it was sent.
