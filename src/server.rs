@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 use crate::admin::AdminState;
 use crate::api::validation::Tenants;
 use crate::api::{Arrival, Backends, CallDeadlines, CallLimiter};
-use crate::auth::{CredentialSource, SasCache, TokenProvider};
+use crate::auth::{CredentialSource, TokenProvider};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ops::{self, SERVICE_NAMES};
@@ -66,7 +66,7 @@ pub fn backends(settings: &Settings) -> Backends {
             settings.credentials.as_ref().map(|c| c.tenant_id.clone()),
             settings.allowed_tenants.clone(),
         )),
-        refund_sas: SasCache::default(),
+        refund_sas: Arc::default(),
     }
 }
 

@@ -40,5 +40,5 @@ pub struct Backends {
     /// The tenants calls may act for.
     pub tenants: Arc<Tenants>,
     /// The refund queue's SAS, per tenant.
-    pub refund_sas: SasCache,
+    pub refund_sas: Arc<SasCache>,
 }

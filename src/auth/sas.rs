@@ -58,13 +58,12 @@ impl Expiry<TenantId, Arc<Sas>> for RefreshAt {
 /// minute, not one per call.
 pub const FORCED_SAS_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The SAS of each tenant's refund queue. Cheap to clone.
-#[derive(Clone)]
+/// The SAS of each tenant's refund queue.
 pub struct SasCache {
     cache: Cache<TenantId, Arc<Sas>>,
     /// One fetch at a time per tenant: a call that finds no SAS waits its turn (within its own
     /// deadline), then finds the SAS the call before it fetched, or fetches it itself.
-    fetching: Arc<DashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    fetching: DashMap<TenantId, Arc<tokio::sync::Mutex<()>>>,
     /// Tenants whose SAS a refusal forced out within the last [`FORCED_SAS_INTERVAL`].
     forced: Cache<TenantId, ()>,
 }
@@ -76,7 +75,7 @@ impl Default for SasCache {
                 .max_capacity(MAX_TENANTS)
                 .expire_after(RefreshAt)
                 .build(),
-            fetching: Arc::default(),
+            fetching: DashMap::new(),
             forced: Cache::builder()
                 .max_capacity(MAX_TENANTS)
                 .time_to_live(FORCED_SAS_INTERVAL)
