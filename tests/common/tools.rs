@@ -153,3 +153,32 @@ pub fn require_tool(tool: &str, why: &str) {
         .is_ok_and(|s| s.success());
     assert!(ok, "`{tool}` is missing or broken. {why}");
 }
+
+/// `npm pack package` into `dir` (no install scripts run), its npm integrity checked against
+/// `integrity`; the tarball's path.
+pub fn npm_pack(package: &str, integrity: &str, dir: &Path) -> PathBuf {
+    require_tool(
+        "npm",
+        &format!("{package} is installed from npm (`npm pack`): install Node.js with npm"),
+    );
+    let pack = run(
+        Command::new("npm")
+            .args(["pack", package, "--json", "--ignore-scripts"])
+            .arg("--pack-destination")
+            .arg(dir)
+            .current_dir(dir)
+            .env("npm_config_update_notifier", "false")
+            .env("npm_config_fund", "false")
+            .env("npm_config_audit", "false"),
+        &format!("npm pack {package}"),
+    );
+    let packed: serde_json::Value = serde_json::from_slice(&pack.stdout)
+        .unwrap_or_else(|e| panic!("npm pack --json printed no JSON ({e})"));
+    let packed = &packed[0];
+    assert_eq!(
+        packed["integrity"].as_str(),
+        Some(integrity),
+        "{package} does not have the pinned integrity: {packed}"
+    );
+    dir.join(packed["filename"].as_str().expect("npm pack filename"))
+}
