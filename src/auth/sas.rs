@@ -42,6 +42,25 @@ impl Sas {
 
 struct RefreshAt;
 
+/// A call's place in the queue of its tenant's SAS fetches. The last one out (finished or
+/// cancelled) removes the tenant's entry, so the map holds only tenants being fetched for,
+/// however many tenants callers name.
+struct Turn<'a> {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    map: &'a DashMap<TenantId, Arc<tokio::sync::Mutex<()>>>,
+    tenant: &'a TenantId,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        // Held by the map and this turn only: nobody else waits. (Cloning it out of the map
+        // takes the same shard lock, so the count cannot change under this check.)
+        self.map.remove_if(self.tenant, |_, lock| {
+            Arc::ptr_eq(lock, &self.lock) && Arc::strong_count(lock) == 2
+        });
+    }
+}
+
 impl Expiry<TenantId, Arc<Sas>> for RefreshAt {
     fn expire_after_create(
         &self,
@@ -95,8 +114,12 @@ impl SasCache {
         if let Some(sas) = self.cache.get(tenant).await {
             return Ok(sas);
         }
-        let turn = self.fetching.entry(tenant.clone()).or_default().clone();
-        let _turn = turn.lock().await;
+        let turn = Turn {
+            lock: self.fetching.entry(tenant.clone()).or_default().clone(),
+            map: &self.fetching,
+            tenant,
+        };
+        let _turn = turn.lock.lock().await;
         if let Some(sas) = self.cache.get(tenant).await {
             return Ok(sas);
         }
@@ -133,6 +156,11 @@ impl SasCache {
             None => {}
         }
         self.get_or_fetch(tenant, fetch).await.map(Some)
+    }
+
+    #[cfg(test)]
+    fn turns(&self) -> usize {
+        self.fetching.len()
     }
 
     /// Forgets `rejected`, unless another call replaced it already.
@@ -192,6 +220,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next.queue.signature(), "next");
+    }
+
+    #[tokio::test]
+    async fn the_fetch_queue_keeps_no_tenant_once_its_fetches_end() {
+        let cache = SasCache::default();
+        for n in 0..100 {
+            let tenant = TenantId::parse(&format!("tenant{n}.example.com")).unwrap();
+            let _ = cache
+                .get_or_fetch(&tenant, async { Err::<Sas, _>(()) })
+                .await;
+            let _ = cache.get_or_fetch(&tenant, async { sas("s", 60) }).await;
+        }
+        assert_eq!(cache.turns(), 0);
+        // A cancelled wait leaves nothing behind either.
+        let tenant = TenantId::parse("contoso.com").unwrap();
+        let pending = cache.get_or_fetch(&tenant, std::future::pending::<Result<Sas, ()>>());
+        let _ = tokio::time::timeout(Duration::from_millis(10), pending).await;
+        assert_eq!(cache.turns(), 0);
     }
 
     #[tokio::test]
