@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgMatches, Args};
 use enum_map::EnumMap;
-use reqwest::Url;
 use secrecy::SecretString;
+use url::Url;
 
 use crate::auth::{AllowedTenants, CredentialSource, Credentials, TenantId};
 use crate::resilience::ResilienceConfig;

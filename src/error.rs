@@ -2,17 +2,17 @@
 //! details (contract section 4). Nothing else in the crate builds a `Status`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use http::StatusCode;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::auth::{TenantId, TokenError};
 use crate::resilience::retry::{RetryAdvice, Retryable};
-use crate::upstream::{TransportFailure, UpstreamError, UpstreamIds};
+use crate::upstream::{TransportFailure, UpstreamError, UpstreamIds, ID_HEADERS};
 
 /// `ErrorInfo.domain` of the facade's own errors.
 pub const FACADE_DOMAIN: &str = "msstore-facade";
@@ -255,12 +255,30 @@ impl Mapped {
             );
         }
         let mut metadata = MetadataMap::new();
-        for (name, value) in self.ids.iter().flat_map(UpstreamIds::iter) {
-            if let Ok(value) = MetadataValue::try_from(value.as_bytes()) {
-                metadata.insert(name, value);
-            }
+        if let Some(ids) = &self.ids {
+            insert_ids(&mut metadata, ids);
         }
         Status::with_error_details_and_metadata(self.code, self.message, details, metadata)
+    }
+}
+
+/// [`ID_HEADERS`]' metadata keys, made once (inserting by `&str` parses the name each time).
+static ID_KEYS: LazyLock<[MetadataKey<Ascii>; 4]> =
+    LazyLock::new(|| ID_HEADERS.map(MetadataKey::from_static));
+
+/// Puts the upstream ids in an answer's metadata. They are sent as never-indexed HPACK
+/// literals: each answer's ids are new, so adding them to the connection's compression table
+/// would only push out entries worth keeping, and cost the search (callgrind: about 3 % of a
+/// GetOfflineLicense call).
+pub(crate) fn insert_ids(metadata: &mut MetadataMap, ids: &UpstreamIds) {
+    for (key, value) in ID_KEYS.iter().zip(ids.values()) {
+        if let Some(Ok(mut value)) = value
+            .as_ref()
+            .map(|v| MetadataValue::try_from(v.as_bytes()))
+        {
+            value.set_sensitive(true);
+            metadata.insert(key.clone(), value);
+        }
     }
 }
 

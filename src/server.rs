@@ -21,7 +21,7 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::{Incoming, TlsError, TlsReloader};
-use crate::upstream::{http_client, StoreClient};
+use crate::upstream::{HttpClient, StoreClient};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum ServeError {
 /// and one metrics registry for the instance.
 pub fn backends(settings: &Settings) -> Backends {
     let resilience = &settings.resilience;
-    let http = http_client(CONNECT_TIMEOUT, resilience.upstream_max_idle_per_host);
+    let http = HttpClient::new(CONNECT_TIMEOUT, resilience.upstream_max_idle_per_host);
     let metrics = Arc::new(Metrics::new());
     let limiter = Arc::new(CallLimiter::new(resilience.max_concurrent_calls));
     let watched = limiter.clone();
@@ -226,8 +226,9 @@ async fn serve_admin(listener: Option<TcpListener>, state: Arc<AdminState>) {
 /// RESOURCE_EXHAUSTED with ErrorInfo. No handler of ours answers OUT_OF_RANGE, so every
 /// trailers-only OUT_OF_RANGE is that limit.
 fn remap_size_limit(headers: &mut HeaderMap, limit: usize) {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     let out_of_range = headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .is_some_and(|status| status.as_bytes() == b"11");
     if !out_of_range {
         return;

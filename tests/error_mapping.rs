@@ -1062,7 +1062,6 @@ mod end_to_end {
     use std::net::SocketAddr;
     use std::time::Instant;
 
-    use futures_util::future::join_all;
     use msstore_facade::auth::{CredentialSource, Credentials, TenantId};
     use msstore_facade::Settings;
     use secrecy::SecretString;
@@ -1502,7 +1501,7 @@ mod end_to_end {
     #[tokio::test]
     async fn caller_deadline_running_out_maps_to_deadline_exceeded_before_the_upstream_answers() {
         let upstream_delay = Duration::from_secs(8);
-        join_all(OPERATIONS.iter().map(|op| async move {
+        for_every_operation(|op| async move {
             let h = Harness::start().await;
             op.mount(
                 &h,
@@ -1529,7 +1528,7 @@ mod end_to_end {
                 "{case}: answered after {elapsed:?}"
             );
             assert_eq!(Harness::requests(op.store(&h)).await.len(), 1, "{case}");
-        }))
+        })
         .await;
     }
 

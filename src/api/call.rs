@@ -3,22 +3,22 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 use tonic::{Request, Response, Status};
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::error::{insert_ids, ApiError};
 use crate::resilience::ResilienceConfig;
 use crate::telemetry::metrics::RpcMetrics;
 use crate::telemetry::ms_cv::CorrelationVector;
 use crate::telemetry::otel;
 use crate::telemetry::trace_context::TraceContext;
-use crate::upstream::{Answer, Correlation, UpstreamIds};
+use crate::upstream::{Answer, Correlation};
 
 /// The longest safety margin taken off the caller's deadline (a tenth of it is taken up to
 /// this), so that the facade's DEADLINE_EXCEEDED reaches the caller before the caller's own
@@ -68,6 +68,10 @@ pub(crate) fn deadline_after(started: Instant, mut budget: Duration) -> Instant 
         }
     }
 }
+
+/// The metadata every call reads, as keys made once (a lookup by `&str` parses the name).
+static CALL_KEYS: LazyLock<[MetadataKey<Ascii>; 3]> =
+    LazyLock::new(|| ["grpc-timeout", "ms-cv", "traceparent"].map(MetadataKey::from_static));
 
 /// When the request's headers reached the server, stamped by the server's outermost layer:
 /// the caller's deadline runs from there (as tonic's own timer does), not from when the
@@ -155,16 +159,17 @@ impl<'a> CallContext<'a> {
         deadlines: CallDeadlines,
     ) -> (Self, Req) {
         let metadata = request.metadata();
-        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let text = |key: &MetadataKey<Ascii>| metadata.get(key).and_then(|v| v.to_str().ok());
+        let [grpc_timeout_key, ms_cv_key, traceparent_key] = &*CALL_KEYS;
         let started = request
             .extensions()
             .get::<Arrival>()
             .map_or_else(Instant::now, |arrival| arrival.0);
-        let caller_budget = deadlines.caller_budget(text("grpc-timeout").and_then(grpc_timeout));
+        let caller_budget = deadlines.caller_budget(text(grpc_timeout_key).and_then(grpc_timeout));
         let budget = deadlines.call_budget(caller_budget);
         let attempts = Arc::new(Attempts {
-            ms_cv: Mutex::new(CorrelationVector::for_call(text("ms-cv"))),
-            trace: TraceContext::for_call(text("traceparent")),
+            ms_cv: Mutex::new(CorrelationVector::for_call(text(ms_cv_key))),
+            trace: TraceContext::for_call(text(traceparent_key)),
             upstream_status: AtomicU16::new(0),
             deadline: deadline_after(started, budget),
         });
@@ -330,14 +335,6 @@ pub fn grpc_timeout(text: &str) -> Option<Duration> {
         b'n' => Duration::from_nanos(amount),
         _ => return None,
     })
-}
-
-fn insert_ids(metadata: &mut MetadataMap, ids: &UpstreamIds) {
-    for (name, value) in ids.iter() {
-        if let Ok(value) = MetadataValue::try_from(value.as_bytes()) {
-            metadata.insert(name, value);
-        }
-    }
 }
 
 fn log_call<T>(

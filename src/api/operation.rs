@@ -12,7 +12,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use reqwest::header::HeaderValue;
+use http::header::HeaderValue;
 
 use super::call::Attempts;
 use super::validation::Tenants;

@@ -183,7 +183,7 @@ mod tests {
     use super::*;
 
     fn queue(sig: &str) -> QueueUrl {
-        let allowed = reqwest::Url::parse("http://127.0.0.1:1/q").unwrap();
+        let allowed = url::Url::parse("http://127.0.0.1:1/q").unwrap();
         QueueUrl::allowed(&format!("http://127.0.0.1:1/q/refunds?sig={sig}"), &allowed).unwrap()
     }
 

@@ -14,20 +14,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::StatusCode;
+use http_body_util::Full;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
-use reqwest::header::HeaderValue;
-use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::{watch, Mutex};
+use url::Url;
 
 use super::{Audience, TenantId};
 use crate::telemetry::metrics::{Metrics, TokenOutcome, UpstreamMetrics};
 use crate::telemetry::otel::{self, client_span, record_response, Route};
-use crate::upstream::retry_after;
+use crate::upstream::{retry_after, BodyFailure, HttpClient, TransportFailure};
 
 /// How the facade proves its identity to Entra ID.
 #[derive(Debug, Clone)]
@@ -173,7 +176,7 @@ enum Lookup {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: HttpClient,
     authority: String,
     credentials: Option<Credentials>,
     timeout: Duration,
@@ -210,7 +213,7 @@ impl TokenProvider {
     /// A provider that asks `authority` for tokens with `credentials`, through `http`,
     /// recording token requests and cache hits in `metrics`.
     pub fn new(
-        http: reqwest::Client,
+        http: HttpClient,
         authority: &Url,
         credentials: Option<Credentials>,
         timeout: Duration,
@@ -511,39 +514,55 @@ impl Inner {
             }
         }
         let url = format!("{}/{}/oauth2/v2.0/token", self.authority, tenant.as_str());
-        let started = Instant::now();
-        let mut request = self.http.post(url).form(&form);
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&form)
+            .finish();
+        let mut request = http::Request::post(url).header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
         if let Some(traceparent) = otel::traceparent(span) {
             request = request.header("traceparent", traceparent);
         }
-        let response = request
-            .timeout(self.timeout)
-            .send()
+        let unavailable = |http_status, cause| TokenError::Unavailable {
+            http_status,
+            retry_after: None,
+            cause,
+        };
+        // The authority is a parsed URL and the tenant an id of safe characters, so this
+        // only fails if the configuration is wrong: as if Entra could not be reached.
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| unavailable(None, "connection failed"))?;
+        let started = Instant::now();
+        let answer = self
+            .http
+            .send(request, self.timeout)
             .await
             .inspect_err(|_| self.endpoint.attempt(None, started.elapsed()))
-            .map_err(|e| TokenError::Unavailable {
-                http_status: None,
-                retry_after: None,
-                cause: if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "connection lost"
-                },
+            .map_err(|failure| {
+                unavailable(
+                    None,
+                    match failure {
+                        TransportFailure::Timeout => "timed out",
+                        TransportFailure::Connect => "connection failed",
+                        TransportFailure::ConnectionLost => "connection lost",
+                    },
+                )
             })?;
-        let status = response.status();
+        let status = answer.status;
         self.endpoint
             .attempt(Some(status.as_u16()), started.elapsed());
-        let retry_after = retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|_| TokenError::Unavailable {
-                http_status: Some(status.as_u16()),
-                retry_after: None,
-                cause: "connection lost while reading the answer",
-            })?;
+        let retry_after = retry_after(&answer.headers);
+        let body = answer.body.map_err(|failure| {
+            unavailable(
+                Some(status.as_u16()),
+                match failure {
+                    BodyFailure::TooLarge => "answer too large",
+                    BodyFailure::Transport(_) => "connection lost while reading the answer",
+                },
+            )
+        })?;
         tracing::debug!(tenant = %tenant, audience = audience.label(), http_status = status.as_u16(), "token request answered");
         token_from_answer(status, retry_after, &body, started)
     }
@@ -705,7 +724,7 @@ mod tests {
     fn provider() -> TokenProvider {
         let authority = Url::parse("http://127.0.0.1:9").unwrap();
         TokenProvider::new(
-            reqwest::Client::new(),
+            HttpClient::new(Duration::from_secs(1), 1),
             &authority,
             None,
             Duration::from_secs(1),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
-use reqwest::Url;
+use url::Url;
 
 use super::{Magic, DEFAULT_BASE_URL, DEFAULT_LISTEN, SANDBOX_CLIENT_ID, SANDBOX_USER_ID};
 use crate::upstream::Host;

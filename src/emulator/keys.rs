@@ -15,9 +15,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use reqwest::Url;
 use serde::Deserialize;
 use serde_json::json;
+use url::Url;
 
 use super::clock::now;
 use super::connection::ConnectionControl;

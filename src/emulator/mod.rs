@@ -52,10 +52,10 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use reqwest::Url;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use url::Url;
 
 pub use cli::{EmulatorArgs, SandboxKeyArgs, SandboxKeyType};
 pub use collections::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PRODUCT_SKU_IDS};

@@ -109,17 +109,36 @@ impl CorrelationVector {
     /// Increments, then returns the value to send with the next upstream attempt.
     pub fn next_attempt(&mut self) -> String {
         self.increment();
-        self.to_string()
+        self.text()
+    }
+
+    /// The vector's text, built by hand rather than with `format!`: this runs on every
+    /// upstream attempt.
+    fn text(&self) -> String {
+        let mut out = String::with_capacity(self.text_len() + 1);
+        out.push_str(&self.prefix);
+        out.push('.');
+        let mut digits = [0u8; 10];
+        let (mut n, mut at) = (self.last, digits.len());
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits[at..].iter().for_each(|d| out.push(char::from(*d)));
+        if self.frozen {
+            out.push('!');
+        }
+        out
     }
 }
 
 impl std::fmt::Display for CorrelationVector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.prefix, self.last)?;
-        if self.frozen {
-            f.write_str("!")?;
-        }
-        Ok(())
+        f.write_str(&self.text())
     }
 }
 

@@ -1,8 +1,6 @@
 //! W3C trace context: an incoming `traceparent` is continued, so upstream requests carry the
 //! caller's trace id; a call without one starts a new trace.
 
-use std::fmt::Write;
-
 /// The trace a call belongs to, and the call's own span id (its parent in the caller's trace
 /// is the incoming `traceparent`'s span).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,14 +56,24 @@ impl TraceContext {
 
     /// A `traceparent` for one upstream attempt: this trace, a new span id.
     pub fn traceparent(&self) -> String {
+        // By hand rather than `write!`: this runs on every upstream attempt, and the
+        // formatting machinery cost ten times as much (callgrind).
         let mut out = String::with_capacity(55);
-        let span_id = fastrand::u64(1..);
-        let _ = write!(
-            out,
-            "00-{:032x}-{span_id:016x}-{:02x}",
-            self.trace_id, self.flags
-        );
+        out.push_str("00-");
+        push_hex(&mut out, self.trace_id, 32);
+        out.push('-');
+        push_hex(&mut out, u128::from(fastrand::u64(1..)), 16);
+        out.push('-');
+        push_hex(&mut out, u128::from(self.flags), 2);
         out
+    }
+}
+
+/// Appends the `digits` low hex digits of `value`, lower case, zero-padded.
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((value >> (4 * i)) & 0xf) as usize]));
     }
 }
 

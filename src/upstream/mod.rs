@@ -3,6 +3,7 @@
 //! [`StoreClient::exchange`], which sends an [`UpstreamRequest`] and reads the answer. Nothing
 //! here knows about gRPC or about any one operation: answers and failures are plain values.
 
+pub mod client;
 mod error_body;
 mod host;
 pub mod queue;
@@ -13,14 +14,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use enum_map::EnumMap;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
-use reqwest::{StatusCode, Url};
+use http::StatusCode;
+use http_body_util::Full;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
+use url::Url;
 
+pub use client::{BodyFailure, HttpAnswer, HttpClient};
 pub use error_body::{clean as clean_text, ErrorBody, DOCUMENTED_INNER_CODES};
 pub use host::Host;
 pub use redact::Redactor;
@@ -31,27 +35,20 @@ use crate::resilience::ResilienceConfig;
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
 use crate::telemetry::otel::{self, client_span, record_response, Route};
 
-/// Largest upstream answer body read; a larger one is treated as malformed.
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
 /// The facade's `User-Agent` on every upstream request.
 pub const USER_AGENT: &str = concat!("msstore-facade/", env!("CARGO_PKG_VERSION"));
 
 /// The upstream correlation headers handed back to callers, in metadata order.
 pub const ID_HEADERS: [&str; 4] = ["ms-correlationid", "ms-requestid", "ms-cv", "ms-serverid"];
 
-/// Builds the one HTTP client the process shares (rustls, HTTP/1.1 and HTTP/2, pooled).
-pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize) -> reqwest::Client {
-    reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("the HTTP client's fixed configuration is valid")
-}
+/// [`ID_HEADERS`] as header names, made once: looking a header up by `&str` parses the name
+/// on every call.
+const ID_HEADER_NAMES: [HeaderName; 4] = [
+    HeaderName::from_static(ID_HEADERS[0]),
+    HeaderName::from_static(ID_HEADERS[1]),
+    HeaderName::from_static(ID_HEADERS[2]),
+    HeaderName::from_static(ID_HEADERS[3]),
+];
 
 /// A GUID in its 8-4-4-4-12 hexadecimal form (either case, no braces).
 pub fn is_guid(text: &str) -> bool {
@@ -163,12 +160,17 @@ pub struct UpstreamIds([Option<HeaderValue>; 4]);
 impl UpstreamIds {
     /// The ids among `headers`.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        Self(ID_HEADERS.map(|name| headers.get(name).cloned()))
+        Self(ID_HEADER_NAMES.map(|name| headers.get(&name).cloned()))
     }
 
     /// Replaces each id that carries one of `secrets` (a Store echoing a token in a header).
     pub fn scrub(&mut self, secrets: &Redactor<'_>) {
         secrets.scrub_headers(&mut self.0);
+    }
+
+    /// Each of [`ID_HEADERS`]' values, in that order.
+    pub fn values(&self) -> &[Option<HeaderValue>; 4] {
+        &self.0
     }
 
     /// The ids present, as (lower-case header name, value).
@@ -387,7 +389,7 @@ impl UpstreamError {
 /// The client of every Store host, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StoreClient {
-    http: reqwest::Client,
+    http: HttpClient,
     hosts: Arc<EnumMap<Host, Arc<Base>>>,
     attempt_timeout: Duration,
     /// The facade's client secret, scrubbed out of every answer like the request's own
@@ -431,7 +433,7 @@ impl StoreClient {
     /// A client calling the base URL of each host in `urls` through `http`, with the
     /// breakers and retry budgets of `config`, recording in `metrics`.
     pub fn new(
-        http: reqwest::Client,
+        http: HttpClient,
         urls: &EnumMap<Host, Url>,
         config: &ResilienceConfig,
         metrics: &Metrics,
@@ -513,27 +515,36 @@ impl StoreClient {
         outcome
     }
 
-    fn build(&self, base: &Base, request: &UpstreamRequest) -> reqwest::RequestBuilder {
-        let url = if request.absolute {
+    /// The HTTP request of `request` to `base`, with this attempt's correlation headers.
+    fn build(
+        base: &Base,
+        request: &UpstreamRequest,
+        ms_cv: &str,
+        traceparent: &str,
+    ) -> Result<http::Request<Full<Bytes>>, http::Error> {
+        let uri = if request.absolute {
             request.path.clone()
         } else {
-            let mut url = String::with_capacity(base.prefix.len() + request.path.len());
-            url.push_str(&base.prefix);
-            url.push_str(&request.path);
-            url
+            let mut uri = String::with_capacity(base.prefix.len() + request.path.len());
+            uri.push_str(&base.prefix);
+            uri.push_str(&request.path);
+            uri
         };
-        let mut builder = self.http.request(request.route.method.clone(), url);
+        let mut builder = http::Request::builder()
+            .method(request.route.method.clone())
+            .uri(uri)
+            .header(HeaderName::from_static("ms-cv"), ms_cv)
+            .header(HeaderName::from_static("traceparent"), traceparent);
         if let Some(authorization) = &request.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
         match request.json.clone() {
             Some(body) => builder
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(body),
-            None => builder.header(
-                reqwest::header::CONTENT_LENGTH,
-                HeaderValue::from_static("0"),
-            ),
+                .body(Full::new(body)),
+            None => builder
+                .header(CONTENT_LENGTH, HeaderValue::from_static("0"))
+                .body(Full::new(Bytes::new())),
         }
     }
 
@@ -551,18 +562,19 @@ impl StoreClient {
             host: host.clone(),
             kind,
         };
-        let mut response = self
-            .build(base, request)
-            .header(HeaderName::from_static("ms-cv"), ms_cv)
-            .header(HeaderName::from_static("traceparent"), traceparent)
-            .timeout(self.attempt_timeout)
-            .send()
+        // A URL or header the Store cannot be sent (a queue URL it handed out with bytes no
+        // URI allows) is never sent: as if the host could not be reached.
+        let built = Self::build(base, request, ms_cv, traceparent)
+            .map_err(|_| transport(TransportFailure::Connect))?;
+        let answer = self
+            .http
+            .send(built, self.attempt_timeout)
             .await
-            .map_err(|e| transport(classify(&e)))?;
-        let status = response.status();
-        let mut ids = UpstreamIds::from_headers(response.headers());
+            .map_err(transport)?;
+        let status = answer.status;
+        let mut ids = UpstreamIds::from_headers(&answer.headers);
         ids.scrub(secrets);
-        let body = match read_body(&mut response).await {
+        let body = match answer.body {
             Ok(body) => body,
             // A non-2xx answer is mapped on its status; its body only adds detail, so one
             // that is too large or cut off is treated as empty.
@@ -588,49 +600,10 @@ impl StoreClient {
         Err(UpstreamError::Status(Box::new(StatusFailure {
             host: host.clone(),
             http_status: status,
-            retry_after: retry_after(response.headers()),
+            retry_after: retry_after(&answer.headers),
             ids,
             body: ErrorBody::parse_redacted(&body, secrets),
         })))
-    }
-}
-
-enum BodyFailure {
-    Transport(TransportFailure),
-    TooLarge,
-}
-
-async fn read_body(response: &mut reqwest::Response) -> Result<Bytes, BodyFailure> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_BODY_BYTES as u64)
-    {
-        return Err(BodyFailure::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| BodyFailure::Transport(classify(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(BodyFailure::TooLarge);
-        }
-        if body.is_empty() && response.content_length().is_none() {
-            body.reserve(chunk.len());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.into())
-}
-
-fn classify(error: &reqwest::Error) -> TransportFailure {
-    if error.is_timeout() {
-        TransportFailure::Timeout
-    } else if error.is_connect() {
-        TransportFailure::Connect
-    } else {
-        TransportFailure::ConnectionLost
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
-use reqwest::Url;
+use url::Url;
 
 /// The domain every Azure Storage queue host ends in.
 const AZURE_QUEUE_DOMAIN: &str = ".queue.core.windows.net";

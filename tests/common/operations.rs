@@ -195,7 +195,15 @@ pub async fn for_each_at_once<Fut>(
 ) where
     Fut: std::future::Future<Output = ()>,
 {
-    futures_util::future::join_all(ops.into_iter().map(check)).await;
+    // Unconstrained: all the checks share one task, so its cooperative budget can run out
+    // mid-poll. A Harness dropped then deadlocks: wiremock's `MockServer::drop` blocks the
+    // thread on a tokio lock, whose wake-up tokio defers to the scheduler it is blocking.
+    let mut check = check;
+    futures_util::future::join_all(
+        ops.into_iter()
+            .map(|op| tokio::task::unconstrained(check(op))),
+    )
+    .await;
 }
 
 /// [`for_each_at_once`] over every operation of [`OPERATIONS`].
