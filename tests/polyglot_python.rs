@@ -3,18 +3,19 @@
 //! the way Python callers do (`grpc_status.rpc_status.from_call`, `google.rpc.error_details_pb2`).
 //!
 //! The client runs in a virtualenv at `<target dir>/python-venv`, built on first use from the
-//! pinned `tests/python/requirements.txt` and reused after that. It needs `python3` (3.10 or
-//! newer, with the `venv` module) on `PATH` and PyPI to build the venv once; without them the
-//! test fails, it never skips. Only loopback addresses are called.
+//! pinned `examples/python/requirements.txt` (the example callers' pins, see
+//! `tests/polyglot_examples.rs`) and reused after that. It needs `python3` (3.10 or newer, with
+//! the `venv` module) on `PATH` and PyPI to build the venv once; without them the test fails, it
+//! never skips. Only loopback addresses are called.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::tools::python_env;
+use common::tools::{python_client_venv, python_env};
 use common::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
@@ -24,43 +25,6 @@ use wiremock::{Mock, ResponseTemplate};
 const CALLER_MS_CV: &str = "PythonCaller0001.3";
 /// A caller's own service ticket: must never come back in a message.
 const CALLER_TICKET: &str = "caller-ticket-py-never-echo-me";
-
-/// The interpreter of the client's virtualenv, created or rebuilt when needed.
-fn python_venv() -> PathBuf {
-    let base_version = base_python_version();
-    common::tools::pinned_venv(
-        &common::tools::target_dir().join("python-venv"),
-        "tests/python/requirements.txt",
-        &base_version,
-    )
-}
-
-/// `python3 --version`, failing clearly when there is none or it is too old for grpcio.
-fn base_python_version() -> String {
-    let output = Command::new("python3")
-        .arg("--version")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the polyglot test needs python3 (CPython 3.10 or newer with the venv module) \
-                 on PATH: running `python3 --version` failed: {e}"
-            )
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let version = text.trim().trim_start_matches("Python ").to_owned();
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    assert!(
-        output.status.success() && (major, minor) >= (3, 10),
-        "the polyglot test needs python3 >= 3.10 (the pinned grpcio wheels need it); \
-         `python3 --version` said {text:?}"
-    );
-    version
-}
 
 /// Runs the Python client against `addr` with `scenarios`; returns its results by name.
 fn run_client(
@@ -159,7 +123,9 @@ fn assert_error(result: &Value, code: &str, domain: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_callers_see_answers_codes_and_rich_details() {
-    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let python = tokio::task::spawn_blocking(python_client_venv)
+        .await
+        .unwrap();
 
     let h = Harness::start().await;
     let store_host = url::Url::parse(&h.business.uri())
@@ -375,7 +341,9 @@ async fn python_callers_use_the_collections_rpcs_against_the_sandbox() {
     use msstore_facade::emulator::StoreKeySpec;
     use msstore_facade::upstream::Host;
 
-    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let python = tokio::task::spawn_blocking(python_client_venv)
+        .await
+        .unwrap();
     let emulator = start_emulator().await;
     let facade = Facade::start(sandbox_settings(&emulator)).await;
     let key = StoreKeySpec::new(Host::Collections)
@@ -528,7 +496,9 @@ async fn python_callers_use_the_purchase_rpcs_against_the_sandbox() {
     use msstore_facade::emulator::StoreKeySpec;
     use msstore_facade::upstream::Host;
 
-    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let python = tokio::task::spawn_blocking(python_client_venv)
+        .await
+        .unwrap();
     let emulator = start_emulator().await;
     let facade = Facade::start(sandbox_settings(&emulator)).await;
     let key = StoreKeySpec::new(Host::Purchase).user_id("py-buyer").mint();
@@ -663,7 +633,9 @@ async fn python_callers_run_a_refund_reconciliation_loop_against_the_sandbox() {
     use msstore_facade::emulator::StoreKeySpec;
     use msstore_facade::upstream::Host;
 
-    let python = tokio::task::spawn_blocking(python_venv).await.unwrap();
+    let python = tokio::task::spawn_blocking(python_client_venv)
+        .await
+        .unwrap();
     let emulator = start_emulator().await;
     let facade = Facade::start(sandbox_settings(&emulator)).await;
     // The Store throttles the first SAS request.

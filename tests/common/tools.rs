@@ -116,6 +116,44 @@ pub fn pinned_venv(dir: &Path, requirements: &str, python_version: &str) -> Path
     dir.join("bin").join("python")
 }
 
+/// The interpreter of the Python callers' virtualenv (`<target dir>/python-venv`), built from
+/// the pinned `examples/python/requirements.txt`: the example caller and `tests/python/client.py`
+/// share it.
+pub fn python_client_venv() -> PathBuf {
+    pinned_venv(
+        &target_dir().join("python-venv"),
+        "examples/python/requirements.txt",
+        &base_python_version(),
+    )
+}
+
+/// `python3 --version`, failing clearly when there is none or it is too old for grpcio.
+fn base_python_version() -> String {
+    let output = Command::new("python3")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the polyglot tests need python3 (CPython 3.10 or newer with the venv module) \
+                 on PATH: running `python3 --version` failed: {e}"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let version = text.trim().trim_start_matches("Python ").to_owned();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        output.status.success() && (major, minor) >= (3, 10),
+        "the polyglot tests need python3 >= 3.10 (the pinned grpcio wheels need it); \
+         `python3 --version` said {text:?}"
+    );
+    version
+}
+
 /// The environment of every Python process: nothing from the caller's Python setup leaks in.
 pub fn python_env(command: &mut Command) -> &mut Command {
     command
