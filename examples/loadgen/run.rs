@@ -257,7 +257,7 @@ impl<'a> Run<'a> {
             self.phase("warmup", &warm);
         }
 
-        let mut cpu = json!({});
+        let (mut cpu, mut facade_busy) = (json!({}), None);
         for target in [&via_facade, &direct] {
             let before = CpuSample::take(pid, emulator_pid)?;
             let phase =
@@ -266,8 +266,11 @@ impl<'a> Run<'a> {
             cpu[target.name()] = before.per_call(&after, phase.recorder.calls());
             match target {
                 Target::Facade(_) => {
+                    let facade_us = cpu["facade"]["facade"].as_f64();
                     self.report.figures.calls_per_sec_facade = Some(phase.calls_per_sec());
-                    self.report.figures.facade_cpu_us_per_call = cpu["facade"]["facade"].as_f64();
+                    self.report.figures.facade_cpu_us_per_call = facade_us;
+                    // Below 100: the facade's core was not the bottleneck of the closed loop.
+                    facade_busy = facade_us.map(|us| round1(us * phase.calls_per_sec() / 1e4));
                 }
                 Target::Direct(_) => {
                     self.report.figures.calls_per_sec_direct = Some(phase.calls_per_sec())
@@ -276,6 +279,7 @@ impl<'a> Run<'a> {
             self.phase("closed_loop", &phase);
         }
         self.report.details["closed_loop"]["cpu_us_per_call"] = cpu;
+        self.report.details["closed_loop"]["facade_core_busy_percent"] = json!(facade_busy);
 
         for target in [&via_facade, &direct] {
             let phase = open_loop(target, &self.ids.phase("open"), o.rate, o.open_duration).await;
