@@ -8,14 +8,20 @@
 //! again even with redirects off), cloned the header map, and boxed two timers. The same
 //! hyper connection pool without those layers does the same work with 22 % fewer user-space
 //! instructions per GetOfflineLicense call: 193,700 -> 151,200 (callgrind, README
-//! "Performance"). reqwest stays for the emulator's own tooling and the tests.
+//! "Performance"). What reqwest did besides is kept: the connect timeout covers DNS, TCP and
+//! TLS; TCP keepalive; `Accept: */*`; and an HTTP/2 stream the server refused unprocessed
+//! (`REFUSED_STREAM`, or `GOAWAY` with `NO_ERROR`) counts as never sent, so it is retried.
+//! Not kept: `HTTP(S)_PROXY` (README, "Configuration").
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, USER_AGENT as USER_AGENT_HEADER};
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http::header::{ACCEPT, CONTENT_LENGTH, USER_AGENT as USER_AGENT_HEADER};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -31,7 +37,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The shared, pooled client; cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<TimedConnect<HttpsConnector<HttpConnector>>, Full<Bytes>>,
     user_agent: HeaderValue,
 }
 
@@ -69,17 +75,25 @@ impl HttpClient {
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|builder| builder.with_platform_verifier())
-            .expect("the fixed TLS configuration is valid")
+            .expect("the system's trusted root certificates can be loaded")
             .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        #[cfg(target_os = "linux")]
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        let connector = TimedConnect {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http),
+            timeout: connect_timeout,
+        };
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(max_idle_per_host)
@@ -100,15 +114,15 @@ impl HttpClient {
         mut request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<HttpAnswer, TransportFailure> {
-        request
-            .headers_mut()
-            .insert(USER_AGENT_HEADER, self.user_agent.clone());
+        let headers = request.headers_mut();
+        headers.insert(USER_AGENT_HEADER, self.user_agent.clone());
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         let deadline = tokio::time::Instant::now() + timeout;
         let response = tokio::time::timeout_at(deadline, self.inner.request(request))
             .await
             .map_err(|_| TransportFailure::Timeout)?
             .map_err(|e| {
-                if e.is_connect() {
+                if e.is_connect() || refused_unprocessed(&e) {
                     TransportFailure::Connect
                 } else {
                     TransportFailure::ConnectionLost
@@ -137,5 +151,93 @@ impl HttpClient {
             headers: parts.headers,
             body,
         })
+    }
+}
+
+/// Whether an HTTP/2 server said it did not process the request (RFC 9113, section 8.7): it
+/// refused the stream, or went away gracefully before reaching it.
+fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// A connector whose whole connection (DNS, TCP and the TLS handshake) must be made within
+/// `timeout`; hyper's own connect timeout covers TCP only.
+#[derive(Clone)]
+struct TimedConnect<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower::Service<Uri> for TimedConnect<C>
+where
+    C: tower::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (connecting, timeout) = (self.inner.call(uri), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_not_made_in_time_fails_as_timed_out() {
+        let stalled = tower::service_fn(|_: Uri| std::future::pending::<Result<(), BoxError>>());
+        let mut connect = TimedConnect {
+            inner: stalled,
+            timeout: Duration::from_millis(20),
+        };
+        let uri = Uri::from_static("https://store.example/");
+        let error = connect.ready().await.unwrap().call(uri).await.unwrap_err();
+        let io = error
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+
+        let quick = tower::service_fn(|_: Uri| async { Ok::<_, BoxError>(7) });
+        let mut connect = TimedConnect {
+            inner: quick,
+            timeout: Duration::from_millis(20),
+        };
+        let uri = Uri::from_static("https://store.example/");
+        assert_eq!(connect.ready().await.unwrap().call(uri).await.unwrap(), 7);
+    }
+
+    #[test]
+    fn only_a_servers_refusal_counts_as_unprocessed() {
+        let local = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(!refused_unprocessed(&local), "not said by the server");
+        let other = std::io::Error::other("reset by peer");
+        assert!(!refused_unprocessed(&other));
     }
 }

@@ -41,6 +41,9 @@ pub const USER_AGENT: &str = concat!("msstore-facade/", env!("CARGO_PKG_VERSION"
 /// The upstream correlation headers handed back to callers, in metadata order.
 pub const ID_HEADERS: [&str; 4] = ["ms-correlationid", "ms-requestid", "ms-cv", "ms-serverid"];
 
+const MS_CV: HeaderName = HeaderName::from_static("ms-cv");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// [`ID_HEADERS`] as header names, made once: looking a header up by `&str` parses the name
 /// on every call.
 const ID_HEADER_NAMES: [HeaderName; 4] = [
@@ -533,8 +536,8 @@ impl StoreClient {
         let mut builder = http::Request::builder()
             .method(request.route.method.clone())
             .uri(uri)
-            .header(HeaderName::from_static("ms-cv"), ms_cv)
-            .header(HeaderName::from_static("traceparent"), traceparent);
+            .header(MS_CV, ms_cv)
+            .header(TRACEPARENT, traceparent);
         if let Some(authorization) = &request.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
