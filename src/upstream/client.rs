@@ -160,13 +160,19 @@ fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                    || h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+            return unprocessed(h2.is_remote(), h2.is_reset(), h2.is_go_away(), h2.reason());
         }
         cause = error.source();
     }
     false
+}
+
+/// The rule of [`refused_unprocessed`] on an HTTP/2 error's facts (h2 makes no remote error
+/// outside a connection, so the rule is tested on its own).
+fn unprocessed(remote: bool, reset: bool, go_away: bool, reason: Option<h2::Reason>) -> bool {
+    remote
+        && (reset && reason == Some(h2::Reason::REFUSED_STREAM)
+            || go_away && reason == Some(h2::Reason::NO_ERROR))
 }
 
 /// A connector whose whole connection (DNS, TCP and the TLS handshake) must be made within
@@ -235,7 +241,29 @@ mod tests {
 
     #[test]
     fn only_a_servers_refusal_counts_as_unprocessed() {
-        let local = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        use h2::Reason;
+        // (remote, reset, go_away, reason) -> unprocessed
+        let cases = [
+            ((true, true, false, Some(Reason::REFUSED_STREAM)), true),
+            ((true, false, true, Some(Reason::NO_ERROR)), true),
+            ((false, true, false, Some(Reason::REFUSED_STREAM)), false),
+            ((false, false, true, Some(Reason::NO_ERROR)), false),
+            ((true, true, false, Some(Reason::CANCEL)), false),
+            ((true, true, false, Some(Reason::NO_ERROR)), false),
+            ((true, false, true, Some(Reason::INTERNAL_ERROR)), false),
+            ((true, false, true, Some(Reason::REFUSED_STREAM)), false),
+            ((true, false, false, None), false),
+        ];
+        for ((remote, reset, go_away, reason), expected) in cases {
+            let case = format!("remote {remote}, reset {reset}, go_away {go_away}, {reason:?}");
+            assert_eq!(
+                unprocessed(remote, reset, go_away, reason),
+                expected,
+                "{case}"
+            );
+        }
+        // Errors that are not the server's word: a library reset, and no h2 error at all.
+        let local = h2::Error::from(Reason::REFUSED_STREAM);
         assert!(!refused_unprocessed(&local), "not said by the server");
         let other = std::io::Error::other("reset by peer");
         assert!(!refused_unprocessed(&other));
